@@ -1,0 +1,37 @@
+package worker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	events    *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+	published prometheus.Counter
+	retries   prometheus.Counter
+	owned     prometheus.Gauge
+}
+
+// newMetrics registers the worker's metrics with reg (a registry per worker, so
+// several workers can live in one test process).
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "presenced_events_total", Help: "Input events by type and outcome (applied, duplicate, redelivered).",
+		}, []string{"type", "outcome"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "presenced_rejected_total", Help: "Input events rejected, by code.",
+		}, []string{"code"}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "presenced_status_published_total", Help: "agent.status.changed events published.",
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "presenced_batch_retries_total", Help: "Batches retried after a transient Redis or NATS failure.",
+		}),
+		owned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "presenced_partitions_owned", Help: "Input partitions this replica owns.",
+		}),
+	}
+	reg.MustRegister(m.events, m.rejected, m.published, m.retries, m.owned)
+	return m
+}

@@ -1,0 +1,107 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// PartitionOf is the input partition of an agent. It must equal the nats-server
+// subject transform partition(n, token) the input stream applies: FNV-1a 32 of the
+// token modulo n. A test checks the two agree on a real server.
+func PartitionOf(agentID string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(agentID))
+	return int(h.Sum32() % uint32(n))
+}
+
+const partitionsMetadata = "presenced.partitions"
+
+// ensureStreams creates or updates the three streams and the owners bucket.
+// Changing the partition count of an existing input stream would reorder agents
+// across partitions, so it is refused.
+func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, names Names) (jetstream.KeyValue, error) {
+	p := cfg.Prefix
+	in := jetstream.StreamConfig{
+		Name:        names.InputStream(),
+		Description: "presenced input: agent, router, config and system events",
+		Subjects:    []string{p + ".in.>"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.StreamReplicas,
+		MaxAge:      cfg.InputMaxAge,
+		Duplicates:  cfg.DedupeWindow,
+		// Stored subjects get the agent's partition as an extra token, so one
+		// consumer per partition can filter them: <p>.in.<role>.<partition>.<agent>.
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source:      p + ".in.*.*",
+			Destination: fmt.Sprintf("%s.in.{{wildcard(1)}}.{{partition(%d,2)}}.{{wildcard(2)}}", p, cfg.Partitions),
+		},
+		Metadata: map[string]string{partitionsMetadata: strconv.Itoa(cfg.Partitions)},
+	}
+	if s, err := js.Stream(ctx, in.Name); err == nil {
+		if got := s.CachedInfo().Config.Metadata[partitionsMetadata]; got != "" && got != in.Metadata[partitionsMetadata] {
+			return nil, fmt.Errorf("input stream %s was created with %s partitions, not %d: start with --partitions %s", in.Name, got, cfg.Partitions, got)
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("look up stream %s: %w", in.Name, err)
+	}
+	streams := []jetstream.StreamConfig{in, {
+		Name:              names.StatusStream(),
+		Description:       "presenced agent.status.changed, last messages per agent",
+		Subjects:          []string{p + ".status.>"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.StreamReplicas,
+		MaxMsgsPerSubject: cfg.StatusHistory,
+		Duplicates:        cfg.DedupeWindow,
+		AllowDirect:       true,
+	}, {
+		Name:        names.RejectedStream(),
+		Description: "presenced event.rejected dead letters",
+		Subjects:    []string{p + ".rejected"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.StreamReplicas,
+		MaxAge:      30 * 24 * time.Hour,
+		Duplicates:  cfg.DedupeWindow,
+	}}
+	for _, sc := range streams {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return nil, fmt.Errorf("create stream %s: %w", sc.Name, err)
+		}
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      names.OwnersBucket(),
+		Description: "presenced partition leases and live replicas",
+		TTL:         cfg.LeaseTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.StreamReplicas,
+		History:     1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create bucket %s: %w", names.OwnersBucket(), err)
+	}
+	return kv, nil
+}
+
+// logicalSubject turns a stored input subject back into the one it was published
+// on, by dropping the partition token, and returns the partition.
+func logicalSubject(prefix, stored string) (string, int) {
+	rest, ok := strings.CutPrefix(stored, prefix+".in.")
+	if !ok {
+		return stored, -1
+	}
+	toks := strings.Split(rest, ".")
+	if len(toks) != 3 {
+		return stored, -1
+	}
+	p, err := strconv.Atoi(toks[1])
+	if err != nil {
+		return stored, -1
+	}
+	return prefix + ".in." + toks[0] + "." + toks[2], p
+}

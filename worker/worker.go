@@ -1,0 +1,208 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/presenced/presenced/handlers"
+	"github.com/presenced/presenced/state"
+)
+
+// Hooks inject faults for tests that kill a real worker process at a precise point.
+type Hooks struct {
+	// AfterCommit runs after state is committed and before the outbox is published.
+	AfterCommit func(ctx context.Context) error
+}
+
+func (h Hooks) afterCommit(ctx context.Context) error {
+	if h.AfterCommit == nil {
+		return nil
+	}
+	return h.AfterCommit(ctx)
+}
+
+// Worker is one presenced replica.
+type Worker struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	store    state.Store
+	rules    handlers.Rules
+	names    Names
+	log      *slog.Logger
+	metrics  *metrics
+	hooks    Hooks
+	kv       jetstream.KeyValue
+	retrying atomic.Int32
+	started  atomic.Bool
+}
+
+// New builds a worker; Run starts it. reg receives its metrics (nil: none).
+func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer, hooks Hooks) (*Worker, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	return &Worker{
+		cfg: cfg, nc: nc, js: js, store: store, rules: handlers.Rules{Source: cfg.Source},
+		names: NamesFor(cfg.Prefix), log: cfg.Logger, metrics: newMetrics(reg), hooks: hooks,
+	}, nil
+}
+
+// Names returns the stream and subject names the worker uses.
+func (w *Worker) Names() Names { return w.names }
+
+// Ready reports why the worker cannot serve yet, or nil.
+func (w *Worker) Ready(ctx context.Context) error {
+	if !w.started.Load() {
+		return errors.New("starting")
+	}
+	if !w.nc.IsConnected() {
+		return errors.New("NATS not connected")
+	}
+	if err := w.store.Ping(ctx); err != nil {
+		return fmt.Errorf("state store: %w", err)
+	}
+	if _, err := w.js.Stream(ctx, w.names.InputStream()); err != nil {
+		return fmt.Errorf("input stream: %w", err)
+	}
+	if n := w.retrying.Load(); n > 0 {
+		return fmt.Errorf("%d partitions retrying after transient failures", n)
+	}
+	return nil
+}
+
+// Run creates the streams, serves queries and owns partitions until ctx ends;
+// then it finishes the batches in hand, releases its partitions and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	kv, err := ensureStreams(ctx, w.js, w.cfg, w.names)
+	if err != nil {
+		return err
+	}
+	w.kv = kv
+	subs, err := w.serveQueries()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range subs {
+			_ = s.Drain()
+		}
+	}()
+	w.started.Store(true)
+	w.log.Info("worker started", "instance", w.cfg.InstanceID, "partitions", w.cfg.Partitions, "prefix", w.cfg.Prefix)
+
+	type running struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+		rev    uint64
+	}
+	owned := map[int]*running{}
+	var wg sync.WaitGroup
+	stop := func(p int, r *running, releaseLease bool) {
+		r.cancel()
+		<-r.done
+		delete(owned, p)
+		w.metrics.owned.Set(float64(len(owned)))
+		if releaseLease {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if err := release(rctx, w.kv, p, r.rev); err != nil {
+				w.log.Warn("release", "partition", p, "err", err)
+			}
+			cancel()
+		}
+	}
+	defer func() {
+		for p, r := range owned {
+			stop(p, r, true)
+		}
+		wg.Wait()
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = w.kv.Delete(dctx, memberKey(w.cfg.InstanceID))
+		cancel()
+		w.log.Info("worker stopped", "instance", w.cfg.InstanceID)
+	}()
+
+	tick := time.NewTicker(w.cfg.LeaseTTL / 4)
+	defer tick.Stop()
+	for {
+		if _, err := w.kv.Put(ctx, memberKey(w.cfg.InstanceID), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil && ctx.Err() == nil {
+			w.log.Warn("register member", "err", err)
+		}
+		members, err := liveMembers(ctx, w.kv)
+		if err != nil && ctx.Err() == nil {
+			w.log.Warn("members", "err", err)
+		}
+		for p := 0; p < w.cfg.Partitions && err == nil && ctx.Err() == nil; p++ {
+			mine := winner(members, p) == w.cfg.InstanceID
+			r, have := owned[p]
+			if have {
+				select {
+				case <-r.done: // the run ended on its own (an error): give the lease back
+					stop(p, r, true)
+					continue
+				default:
+				}
+				if !mine {
+					stop(p, r, true)
+					continue
+				}
+				rev, err := renew(ctx, w.kv, p, w.cfg.InstanceID, r.rev)
+				if err != nil {
+					w.log.Warn("lost partition", "partition", p, "err", err)
+					stop(p, r, false)
+					continue
+				}
+				r.rev = rev
+				continue
+			}
+			if !mine {
+				continue
+			}
+			rev, err := claim(ctx, w.kv, p, w.cfg.InstanceID)
+			if err != nil {
+				continue // held by another replica until it releases or its lease expires
+			}
+			pctx, cancel := context.WithCancel(ctx)
+			r = &running{cancel: cancel, done: make(chan struct{}), rev: rev}
+			owned[p] = r
+			w.metrics.owned.Set(float64(len(owned)))
+			pt := &partition{w: w, p: p, rev: rev, log: w.log.With("partition", p), fired: map[string]time.Time{}}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer close(r.done)
+				if err := pt.takeOver(pctx); err != nil {
+					if pctx.Err() == nil {
+						pt.log.Error("take over", "err", err)
+					}
+					return
+				}
+				if err := pt.run(pctx); err != nil {
+					pt.log.Error("partition stopped", "err", err)
+				}
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
