@@ -18,7 +18,8 @@ type Outgoing struct {
 	// ID is the CloudEvents id the status event is published with (and its Nats-Msg-Id).
 	ID     string               `json:"id"`
 	Status events.StatusChanged `json:"status"`
-	// TraceParent of the cause, carried onto the published event.
+	// TraceParent of the cause, carried onto the published event. Status.TraceParent
+	// is not stored (it has no JSON name); stores fill it from this field on Load.
 	TraceParent string `json:"traceparent,omitempty"`
 }
 
@@ -42,13 +43,17 @@ type Snapshot struct {
 // event applied, and the status changes it caused.
 type Commit struct {
 	// Agent is the new state. Agent.AppliedSeq is the input sequence applied; the
-	// commit only happens if the stored AppliedSeq is lower.
+	// commit only happens if the stored AppliedSeq is lower (an agent never
+	// committed counts as 0, so AppliedSeq must be at least 1). AppliedSeq and the
+	// versions must stay below 2^53 (Lua numbers and ZSET scores hold them exactly).
 	Agent handlers.Agent
 	// Removed erases the agent (read model included); only Agent.ID, Version and
 	// AppliedSeq are kept, as a tombstone.
 	Removed bool
-	// DedupeKey, when not empty, is recorded at DedupeAt; it is forgotten once older
-	// than the window passed to Commit.
+	// DedupeKey, when not empty, is recorded at DedupeAt (which must then be set);
+	// it is forgotten once older than the window passed to Commit, measured from
+	// the newest DedupeAt recorded for the agent (no wall clock; millisecond
+	// precision). Keys of an agent that gets no newer keys are kept.
 	DedupeKey string
 	DedupeAt  time.Time
 	Outbox    []Outgoing
@@ -68,8 +73,11 @@ type IndexEntry struct {
 // Partition is what one input partition keeps for itself: the configuration as of
 // its own position in the input stream and the dedupe keys of configuration events.
 type Partition struct {
-	Config handlers.Config     `json:"config"`
+	Config handlers.Config      `json:"config"`
 	Seen   map[string]time.Time `json:"seen,omitempty"`
+	// Floor is an input sequence below which every message of the partition was
+	// handled; a new owner starts after it when no consumer is left to ask.
+	Floor uint64 `json:"floor,omitempty"`
 }
 
 // ErrNotFound is returned for an agent that has no status.
@@ -79,27 +87,34 @@ var ErrNotFound = errors.New("not found")
 type Store interface {
 	// Load returns one Snapshot per request, in request order.
 	Load(ctx context.Context, reqs []LoadRequest) ([]Snapshot, error)
-	// Commit applies each commit atomically for its agent and reports, per commit,
-	// whether it was applied (false: the stored AppliedSeq was not lower, nothing written).
+	// Commit applies each commit atomically for its agent, in slice order, and
+	// reports, per commit, whether it was applied (false: the stored AppliedSeq was
+	// not lower, nothing written). An invalid commit fails the call before anything
+	// is written; after any other error some commits may have been applied, and
+	// repeating the call reports those as not applied.
 	Commit(ctx context.Context, commits []Commit, dedupeWindow time.Duration) ([]bool, error)
 	// AckOutbox forgets, per agent, the outbox entries with version <= the given one.
 	AckOutbox(ctx context.Context, upTo map[string]uint64) error
 	// Agent returns the agent's current state, ErrNotFound when it has no status.
 	Agent(ctx context.Context, agentID string) (handlers.Agent, error)
 
-	// LoadPartition returns the partition's record; a new partition gets handlers.NewConfig().
+	// LoadPartition returns the partition's record; a new partition gets
+	// handlers.NewConfig(). Config.Custom and Seen are never nil.
 	LoadPartition(ctx context.Context, p int) (Partition, error)
 	SavePartition(ctx context.Context, p int, rec Partition) error
 	// Config returns the newest configuration any partition applied.
 	Config(ctx context.Context) (handlers.Config, error)
-	// SaveConfig stores cfg if its Seq is higher than the stored one and reports whether it did.
+	// SaveConfig stores cfg if its Seq is higher than the stored one (or none is
+	// stored) and reports whether it did.
 	SaveConfig(ctx context.Context, cfg handlers.Config) (bool, error)
 
 	Index(ctx context.Context, p int, entries []IndexEntry) error
 	// DueAgents returns up to limit agents of partition p whose earliest lease
-	// deadline is at or before now.
+	// deadline is at or before now, earliest first (ties by id); limit <= 0 means
+	// no limit. Deadlines count in whole milliseconds rounded up, so an agent is
+	// never due early (but up to 1ms late).
 	DueAgents(ctx context.Context, p int, now time.Time, limit int) ([]string, error)
-	// AgentsIn returns the agents of partition p indexed under presenceID.
+	// AgentsIn returns the agents of partition p indexed under presenceID, sorted.
 	AgentsIn(ctx context.Context, p int, presenceID string) ([]string, error)
 
 	// Ping reports whether the store is reachable.

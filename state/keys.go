@@ -1,0 +1,78 @@
+package state
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// DefaultPrefix starts every Redis key unless RedisConfig.Prefix says otherwise.
+const DefaultPrefix = "presence"
+
+// Keys builds the Redis key names of one key prefix. It is a pure helper: the
+// names are part of the contract (the read model) or of the worker's own layout,
+// and tests and tools use it to find them.
+//
+// Every key one script touches shares one Redis Cluster hash tag: the agent id
+// for the per-agent keys, "p<N>" for the per-partition indexes.
+type Keys struct {
+	Prefix string
+}
+
+// Agent is the public read model of an agent, a HASH (contract §5).
+func (k Keys) Agent(agentID string) string { return k.Prefix + ":agent:{" + agentID + "}" }
+
+// State is the worker's full state of an agent, JSON of handlers.Agent.
+func (k Keys) State(agentID string) string { return k.Prefix + ":state:{" + agentID + "}" }
+
+// Seen is the ZSET of an agent's recorded dedupe keys scored by DedupeAt (unix ms).
+func (k Keys) Seen(agentID string) string { return k.Prefix + ":seen:{" + agentID + "}" }
+
+// Outbox is the ZSET of an agent's unpublished status changes scored by version.
+func (k Keys) Outbox(agentID string) string { return k.Prefix + ":outbox:{" + agentID + "}" }
+
+// Partition is the record of input partition p, JSON of Partition.
+func (k Keys) Partition(p int) string { return k.Prefix + ":partition:{p" + strconv.Itoa(p) + "}" }
+
+// Config is the newest configuration any partition applied, JSON of handlers.Config.
+func (k Keys) Config() string { return k.Prefix + ":config" }
+
+// Leases is the ZSET of partition p's agents scored by earliest lease deadline (unix ms).
+func (k Keys) Leases(p int) string { return k.Prefix + ":leases:{p" + strconv.Itoa(p) + "}" }
+
+// Members is the SET of partition p's agents indexed under presenceID.
+func (k Keys) Members(p int, presenceID string) string {
+	return k.Prefix + ":members:{p" + strconv.Itoa(p) + "}:" + presenceID
+}
+
+// HashTag returns what Redis Cluster hashes for key: the content of the first
+// {...} when it is not empty, else the whole key.
+func HashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
+
+// checkAgentID rejects ids that cannot be stored: empty, or with a brace that
+// would break the key's hash tag. (The contract allows far less; the worker
+// validates ids before they get here.)
+func checkAgentID(id string) error {
+	if id == "" {
+		return fmt.Errorf("agent id is empty")
+	}
+	if strings.ContainsAny(id, "{}") {
+		return fmt.Errorf("agent id %q contains a brace", id)
+	}
+	return nil
+}
+
+// checkPrefix rejects a key prefix that would break the hash tags.
+func checkPrefix(prefix string) error {
+	if strings.ContainsAny(prefix, "{}") {
+		return fmt.Errorf("redis key prefix %q: braces are not allowed (they would break the cluster hash tags)", prefix)
+	}
+	return nil
+}

@@ -1,0 +1,367 @@
+package state_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/handlers"
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/state"
+)
+
+// newRedisStore returns a store on srv with its own client, closed with the test.
+func newRedisStore(t *testing.T, srv *testenv.Redis, prefix string) *state.Redis {
+	t.Helper()
+	s := state.NewRedis(redis.NewClient(&redis.Options{Addr: srv.Addr()}), state.RedisConfig{Prefix: prefix})
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestRedisStore(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	// One server for the suite; every subtest gets a key prefix of its own.
+	runStoreSuite(t, func(t *testing.T) state.Store { return newRedisStore(t, srv, "suite:"+t.Name()) })
+}
+
+func TestRedisReadModel(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	c := srv.Client(t)
+	ctx := t.Context()
+	s := newRedisStore(t, srv, "")
+	const key = "presence:agent:{a1}"
+	if k := s.Keys().Agent("a1"); k != key {
+		t.Fatalf("read-model key %q, want %q", k, key)
+	}
+	hash := func() map[string]string {
+		t.Helper()
+		m, err := c.HGetAll(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+
+	a := fullAgent("a1", 5, 7)
+	a.Since = time.Date(2025, 3, 14, 11, 26, 53, 589793238, time.FixedZone("CEST", 2*3600))
+	mustApply(t, s, state.Commit{Agent: a})
+	equal(t, "read model", hash(), map[string]string{
+		"presenceId": "training",
+		"name":       "Away – in training",
+		"text":       "In training",
+		"baseStatus": "away",
+		"signedIn":   "true",
+		"since":      "2025-03-14T09:26:53.589793238Z",
+		"version":    "7",
+	})
+
+	b := a
+	b.AppliedSeq, b.Version, b.SignedIn, b.Sessions = 6, 8, false, nil
+	b.PresenceID, b.Name, b.Text, b.BaseStatus = "offline", "Offline", "Offline", events.Offline
+	b.Since = time.Date(2025, 3, 14, 10, 0, 0, 0, time.UTC)
+	mustApply(t, s, state.Commit{Agent: b})
+	equal(t, "read model after change", hash(), map[string]string{
+		"presenceId": "offline", "name": "Offline", "text": "Offline", "baseStatus": "offline",
+		"signedIn": "false", "since": "2025-03-14T10:00:00Z", "version": "8",
+	})
+
+	// Removal deletes the read model and leaves a tombstone state.
+	mustApply(t, s, state.Commit{Agent: fullAgent("a1", 7, 9), Removed: true})
+	if n := c.Exists(ctx, key).Val(); n != 0 {
+		t.Fatalf("read model still there after removal: %v", hash())
+	}
+	raw, err := c.Get(ctx, s.Keys().State("a1")).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		t.Fatal(err)
+	}
+	delete(fields, "signedIn") // a bool without omitempty: always encoded, false here
+	equal(t, "tombstone", fields, map[string]any{"id": "a1", "version": 9.0, "appliedSeq": 7.0})
+
+	// Back again, then a state without status: the read model goes again.
+	mustApply(t, s, state.Commit{Agent: fullAgent("a1", 8, 10)})
+	if h := hash(); h["version"] != "10" {
+		t.Fatalf("read model after re-creation: %v", h)
+	}
+	mustApply(t, s, state.Commit{Agent: handlers.Agent{ID: "a1", AppliedSeq: 9, Version: 10}})
+	if n := c.Exists(ctx, key).Val(); n != 0 {
+		t.Fatalf("read model of an agent without status: %v", hash())
+	}
+
+	// A custom prefix.
+	s2 := newRedisStore(t, srv, "org1")
+	mustApply(t, s2, state.Commit{Agent: fullAgent("a1", 1, 1)})
+	if v := c.HGet(ctx, "org1:agent:{a1}", "presenceId").Val(); v != "training" {
+		t.Fatalf("org1 read model presenceId = %q", v)
+	}
+}
+
+func TestRedisKeysShareSlot(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	c := srv.Client(t)
+	ctx := t.Context()
+	s := newRedisStore(t, srv, "")
+
+	mustApply(t, s,
+		state.Commit{Agent: fullAgent("a1", 1, 1), DedupeKey: "k", DedupeAt: t0, Outbox: []state.Outgoing{outgoing("a1", 1)}},
+		state.Commit{Agent: fullAgent("b-2", 1, 1), DedupeKey: "k", DedupeAt: t0, Outbox: []state.Outgoing{outgoing("b-2", 1)}},
+	)
+	if err := s.Index(ctx, 7, []state.IndexEntry{
+		{AgentID: "a1", Deadline: t0, To: "training"},
+		{AgentID: "b-2", Deadline: t0, To: "default:busy"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SavePartition(ctx, 7, state.Partition{Config: handlers.NewConfig()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SaveConfig(ctx, handlers.Config{Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	keys, err := c.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	byTag := map[string][]string{}
+	for _, k := range keys {
+		byTag[state.HashTag(k)] = append(byTag[state.HashTag(k)], k)
+	}
+	equal(t, "keys of a1", byTag["a1"], []string{
+		"presence:agent:{a1}", "presence:outbox:{a1}", "presence:seen:{a1}", "presence:state:{a1}"})
+	equal(t, "keys of b-2", byTag["b-2"], []string{
+		"presence:agent:{b-2}", "presence:outbox:{b-2}", "presence:seen:{b-2}", "presence:state:{b-2}"})
+	equal(t, "keys of partition 7", byTag["p7"], []string{
+		"presence:leases:{p7}", "presence:members:{p7}:default:busy", "presence:members:{p7}:training",
+		"presence:partition:{p7}"})
+	equal(t, "config", byTag["presence:config"], []string{"presence:config"})
+	if len(byTag) != 4 {
+		t.Fatalf("unexpected keys: %v", keys)
+	}
+
+	// The helper agrees for every key a commit script touches.
+	k := s.Keys()
+	for _, key := range []string{k.State("x"), k.Agent("x"), k.Seen("x"), k.Outbox("x")} {
+		if state.HashTag(key) != "x" {
+			t.Fatalf("key %q has hash tag %q", key, state.HashTag(key))
+		}
+	}
+	for _, key := range []string{k.Leases(12), k.Members(12, "a{b}"), k.Partition(12)} {
+		if state.HashTag(key) != "p12" {
+			t.Fatalf("key %q has hash tag %q", key, state.HashTag(key))
+		}
+	}
+}
+
+// countingHook counts commands and pipelines sent to Redis.
+type countingHook struct{ cmds, pipelines atomic.Int64 }
+
+func (h *countingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.cmds.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.pipelines.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+func TestRedisOneRoundTripPerCall(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	s := state.NewRedis(client, state.RedisConfig{})
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := t.Context()
+	mustApply(t, s, state.Commit{Agent: fullAgent("warm", 1, 1)}) // loads the script
+	h := &countingHook{}
+	client.AddHook(h)
+
+	check := func(what string, f func() error) {
+		t.Helper()
+		h.cmds.Store(0)
+		h.pipelines.Store(0)
+		if err := f(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if c, p := h.cmds.Load(), h.pipelines.Load(); c != 0 || p != 1 {
+			t.Fatalf("%s: %d single commands and %d pipelines, want one pipeline", what, c, p)
+		}
+	}
+	ids := []string{"a", "b", "c", "d", "e"}
+	check("Commit", func() error {
+		var cs []state.Commit
+		for _, id := range ids {
+			cs = append(cs, state.Commit{Agent: fullAgent(id, 1, 1), DedupeKey: "k", DedupeAt: t0,
+				Outbox: []state.Outgoing{outgoing(id, 1)}})
+		}
+		_, err := s.Commit(ctx, cs, window)
+		return err
+	})
+	check("Load", func() error {
+		var reqs []state.LoadRequest
+		for _, id := range ids {
+			reqs = append(reqs, state.LoadRequest{AgentID: id, DedupeKeys: []string{"k", "other"}})
+		}
+		snaps, err := s.Load(ctx, reqs)
+		for i, sn := range snaps {
+			if !sn.Seen["k"] || sn.Seen["other"] || len(sn.Outbox) != 1 || sn.Agent.ID != ids[i] {
+				t.Fatalf("snapshot %d: %+v", i, sn)
+			}
+		}
+		return err
+	})
+	check("AckOutbox", func() error {
+		up := map[string]uint64{}
+		for _, id := range ids {
+			up[id] = 1
+		}
+		return s.AckOutbox(ctx, up)
+	})
+	check("Index", func() error {
+		var es []state.IndexEntry
+		for _, id := range ids {
+			es = append(es, state.IndexEntry{AgentID: id, Deadline: t0, From: "x", To: "y"})
+		}
+		return s.Index(ctx, 0, es)
+	})
+}
+
+func TestRedisScriptCacheFlushed(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	c := srv.Client(t)
+	ctx := t.Context()
+	s := newRedisStore(t, srv, "")
+	mustApply(t, s, state.Commit{Agent: fullAgent("a", 1, 1)})
+	if _, err := s.SaveConfig(ctx, handlers.Config{Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Every EVALSHA fails with NOSCRIPT; each commit must still run exactly once.
+	got := commit(t, s,
+		state.Commit{Agent: fullAgent("a", 2, 2), Outbox: []state.Outgoing{outgoing("a", 2)}},
+		state.Commit{Agent: fullAgent("a", 2, 3), Outbox: []state.Outgoing{outgoing("a", 3)}},
+		state.Commit{Agent: fullAgent("b", 1, 1)},
+	)
+	equal(t, "applied after flush", got, []bool{true, false, true})
+	snap := load1(t, s, "a")
+	equal(t, "agent", snap.Agent, fullAgent("a", 2, 2))
+	equal(t, "outbox", versions(snap.Outbox), []uint64{2})
+
+	if err := c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.SaveConfig(ctx, handlers.Config{Seq: 2}); err != nil || !ok {
+		t.Fatalf("SaveConfig after flush = %v, %v", ok, err)
+	}
+}
+
+func TestRedisUnavailable(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t) // no AOF: a restart comes back empty
+	// Few retries, so the calls below fail fast.
+	s := state.NewRedis(redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialerRetries: 1}), state.RedisConfig{})
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := t.Context()
+	mustApply(t, s, state.Commit{Agent: fullAgent("a", 1, 1)})
+
+	srv.Kill()
+	if err := s.Ping(ctx); err == nil {
+		t.Fatal("Ping succeeded with Redis down")
+	}
+	if _, err := s.Commit(ctx, []state.Commit{{Agent: fullAgent("a", 2, 2)}}, window); err == nil {
+		t.Fatal("Commit succeeded with Redis down")
+	}
+	if _, err := s.Load(ctx, []state.LoadRequest{{AgentID: "a"}}); err == nil {
+		t.Fatal("Load succeeded with Redis down")
+	}
+	if _, err := s.Agent(ctx, "a"); err == nil || errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("Agent with Redis down: %v", err)
+	}
+	if _, err := s.LoadPartition(ctx, 0); err == nil {
+		t.Fatal("LoadPartition succeeded with Redis down")
+	}
+
+	srv.Restart()
+	// go-redis keeps reporting the last dial error until its background probe (once
+	// a second) reconnects; wait for that, bounded.
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for err := s.Ping(ctx); err != nil; err = s.Ping(ctx) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ping after restart: %v", err)
+		}
+		<-tick.C
+	}
+	equal(t, "after an empty restart", load1(t, s, "a").Agent, handlers.Agent{ID: "a"})
+}
+
+func TestRedisSurvivesRestartWithAOF(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t, testenv.WithAOF())
+	s := newRedisStore(t, srv, "")
+	a := fullAgent("a", 3, 2)
+	mustApply(t, s, state.Commit{Agent: a, DedupeKey: "k", DedupeAt: t0, Outbox: []state.Outgoing{outgoing("a", 2)}})
+	srv.Kill()
+	srv.Restart()
+	snap := load1(t, s, "a", "k")
+	equal(t, "agent", snap.Agent, a)
+	equal(t, "seen", seenKeys(snap), []string{"k"})
+	equal(t, "outbox", snap.Outbox, []state.Outgoing{outgoing("a", 2)})
+}
+
+func TestRedisCorruptState(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	c := srv.Client(t)
+	s := newRedisStore(t, srv, "")
+	ctx := t.Context()
+	if err := c.Set(ctx, s.Keys().State("a"), "not json", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(ctx, []state.Commit{{Agent: fullAgent("a", 1, 1)}}, window); err == nil ||
+		!strings.Contains(err.Error(), "not a JSON object") {
+		t.Fatalf("Commit over corrupt state: %v", err)
+	}
+	if _, err := s.Load(ctx, []state.LoadRequest{{AgentID: "a"}}); err == nil {
+		t.Fatal("Load of corrupt state succeeded")
+	}
+	if got, _ := c.Get(ctx, s.Keys().State("a")).Result(); got != "not json" {
+		t.Fatalf("corrupt state overwritten: %q", got)
+	}
+}
+
+func TestRedisBadPrefix(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	s := newRedisStore(t, srv, "org{1}")
+	if err := s.Ping(t.Context()); err == nil || !strings.Contains(err.Error(), "braces") {
+		t.Fatalf("Ping with a bad prefix: %v", err)
+	}
+	if _, err := s.Commit(t.Context(), []state.Commit{{Agent: fullAgent("a", 1, 1)}}, window); err == nil {
+		t.Fatal("Commit with a bad prefix succeeded")
+	}
+}
