@@ -32,8 +32,12 @@ func heartbeat(sec int, session string) events.Event {
 func set(sec int, id string) events.Event {
 	return ev(sec, events.AgentPresenceSet, events.PresenceSetData{PresenceID: id})
 }
-func missed(sec int) events.Event   { return ev(sec, events.NotificationMissed, events.NotificationData{}) }
-func rejected(sec int) events.Event { return ev(sec, events.NotificationRejected, events.NotificationData{}) }
+func missed(sec int) events.Event {
+	return ev(sec, events.NotificationMissed, events.NotificationData{})
+}
+func rejected(sec int) events.Event {
+	return ev(sec, events.NotificationRejected, events.NotificationData{})
+}
 func capacity(sec, used, total int) events.Event {
 	return ev(sec, events.AgentCapacityChanged, events.CapacityData{Used: used, Total: total})
 }

@@ -80,4 +80,3 @@ func TestCloudEventsSDKInterop(t *testing.T) {
 		t.Fatalf("Nats-Msg-Id %q, event id %q", m.Header.Get("Nats-Msg-Id"), got.ID())
 	}
 }
-
