@@ -78,6 +78,9 @@ type Partition struct {
 	// Floor is an input sequence below which every message of the partition was
 	// handled; a new owner starts after it when no consumer is left to ask.
 	Floor uint64 `json:"floor,omitempty"`
+	// Marker names the lease that last took the partition over. A running owner
+	// that finds another marker, or none, knows the store lost or rewound its data.
+	Marker string `json:"marker,omitempty"`
 }
 
 // ErrNotFound is returned for an agent that has no status.

@@ -10,6 +10,7 @@ type metrics struct {
 	published prometheus.Counter
 	retries   prometheus.Counter
 	owned     prometheus.Gauge
+	rebuilds  prometheus.Counter
 }
 
 // newMetrics registers the worker's metrics with reg (a registry per worker, so
@@ -31,7 +32,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		owned: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "presenced_partitions_owned", Help: "Input partitions this replica owns.",
 		}),
+		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "presenced_store_rebuilds_total", Help: "Partitions rebuilt from JetStream after the state store lost data.",
+		}),
 	}
-	reg.MustRegister(m.events, m.rejected, m.published, m.retries, m.owned)
+	reg.MustRegister(m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds)
 	return m
 }

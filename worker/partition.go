@@ -40,6 +40,17 @@ func (pt *partition) takeOver(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load partition %d: %w", pt.p, err)
 	}
+	drec, ok, err := pt.durablePartition(ctx)
+	if err != nil {
+		return err
+	}
+	if ok && stale(rec, drec) {
+		pt.log.Warn("state store is behind JetStream: rebuilding", "store_floor", rec.Floor, "durable_floor", drec.Floor, "store_marker", rec.Marker)
+		if err := pt.rebuild(ctx, drec); err != nil {
+			return err
+		}
+		rec = drec
+	}
 	pt.rec = rec
 	stream, err := w.js.Stream(ctx, w.names.InputStream())
 	if err != nil {
@@ -97,6 +108,13 @@ func (pt *partition) takeOver(ctx context.Context) error {
 		}
 	}
 	pt.cons = cons
+	rec.Marker = fmt.Sprintf("%s/%d", w.cfg.InstanceID, pt.rev)
+	if start > 1 && start-1 > rec.Floor {
+		rec.Floor = start - 1
+	}
+	if err := pt.savePartition(ctx, rec); err != nil {
+		return err
+	}
 	pt.log.Info("partition taken over", "start", start, "previous_consumers", len(old))
 	return nil
 }
@@ -119,6 +137,7 @@ func (pt *partition) run(ctx context.Context) error {
 	sweep := time.NewTicker(w.cfg.SweepInterval)
 	defer sweep.Stop()
 	batch := make([]jetstream.Msg, 0, w.cfg.BatchSize)
+	lastCheck := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -126,6 +145,12 @@ func (pt *partition) run(ctx context.Context) error {
 		case <-sweep.C:
 			if err := pt.sweep(ctx); err != nil && ctx.Err() == nil {
 				pt.log.Warn("sweep", "err", err)
+			}
+			if time.Since(lastCheck) > 5*time.Second {
+				lastCheck = time.Now()
+				if err := pt.verifyStore(ctx); errors.Is(err, errStoreChanged) {
+					return err
+				}
 			}
 			continue
 		case m := <-msgs:
@@ -158,6 +183,12 @@ func (pt *partition) handleWithRetry(ctx context.Context, batch []jetstream.Msg)
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		err := pt.handle(hctx, batch)
 		cancel()
+		if errors.Is(err, errStoreChanged) {
+			if attempt > 0 {
+				w.retrying.Add(-1)
+			}
+			return err
+		}
 		if err == nil {
 			if attempt > 0 {
 				w.retrying.Add(-1)

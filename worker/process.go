@@ -32,9 +32,14 @@ type outcome struct {
 	index     []state.IndexEntry
 	purge     []string // agents whose status subject keeps only the last message
 	ack, term []jetstream.Msg
+	// byAgent holds each agent's status changes of this segment, for its snapshot.
+	byAgent   map[string][]state.Outgoing
+	snapshots []*nats.Msg
 }
 
-func newOutcome() *outcome { return &outcome{acked: map[string]uint64{}} }
+func newOutcome() *outcome {
+	return &outcome{acked: map[string]uint64{}, byAgent: map[string][]state.Outgoing{}}
+}
 
 func (w *Worker) decode(m jetstream.Msg) item {
 	it := item{msg: m}
@@ -54,6 +59,9 @@ func (w *Worker) decode(m jetstream.Msg) item {
 // which act as barriers so every agent event is judged with the configuration
 // that preceded it in the stream.
 func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) error {
+	if err := pt.verifyStore(ctx); err != nil {
+		return err
+	}
 	items := make([]item, len(batch))
 	for i, m := range batch {
 		items[i] = pt.w.decode(m)
@@ -80,10 +88,9 @@ func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) error {
 		// Floors are advisory; keeping them coarse saves a write per batch.
 		rec := pt.rec
 		rec.Floor = last.Sequence.Stream
-		if err := pt.w.store.SavePartition(ctx, pt.p, rec); err != nil {
-			return fmt.Errorf("save partition floor: %w", err)
+		if err := pt.savePartition(ctx, rec); err != nil {
+			return err
 		}
-		pt.rec = rec
 	}
 	return nil
 }
@@ -105,6 +112,7 @@ func (w *Worker) record(out *outcome, c state.Commit, changes []events.StatusCha
 		}
 	}
 	out.outgoing = append(out.outgoing, c.Outbox...)
+	out.byAgent[c.Agent.ID] = append(out.byAgent[c.Agent.ID], c.Outbox...)
 	out.commits = append(out.commits, c)
 }
 
@@ -156,7 +164,13 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) error {
 	if err != nil {
 		return fmt.Errorf("load agents: %w", err)
 	}
+	// Checked after loading, so agents read from a store that lost its data are never used.
+	if err := pt.verifyStore(ctx); err != nil {
+		return err
+	}
 	before := make(map[string]handlers.Agent, len(snaps))
+	leftovers := make(map[string][]state.Outgoing)
+	changed := map[string]handlers.Agent{}
 	cur := make(map[string]handlers.Agent, len(snaps))
 	seen := make(map[string]map[string]bool, len(snaps))
 	for _, s := range snaps {
@@ -166,8 +180,11 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) error {
 		}
 		// Changes recorded by an earlier attempt that died before publishing them.
 		out.outgoing = append(out.outgoing, s.Outbox...)
+		if len(s.Outbox) > 0 {
+			leftovers[s.Agent.ID] = s.Outbox
+			changed[s.Agent.ID] = s.Agent
+		}
 	}
-	changed := map[string]handlers.Agent{}
 	for _, it := range items {
 		if it.rej != nil {
 			w.reject(out, it, it.rej)
@@ -208,6 +225,9 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) error {
 		w.metrics.events.WithLabelValues(string(it.ev.Type), "applied").Inc()
 	}
 	indexAgents(out, cfg, before, changed)
+	for id, a := range changed {
+		w.snapshot(out, pt.p, before[id], a, append(leftovers[id], out.byAgent[id]...))
+	}
 	return w.finish(ctx, pt.p, out)
 }
 
@@ -219,7 +239,7 @@ func (pt *partition) handleConfig(ctx context.Context, it item) error {
 		return ackAll([]jetstream.Msg{it.msg}, nil)
 	}
 	out := newOutcome()
-	next := state.Partition{Config: rec.Config.Clone(), Seen: map[string]time.Time{}, Floor: rec.Floor}
+	next := state.Partition{Config: rec.Config.Clone(), Seen: map[string]time.Time{}, Floor: rec.Floor, Marker: rec.Marker}
 	for k, t := range rec.Seen {
 		if ev.Stored.Sub(t) < w.cfg.DedupeWindow {
 			next.Seen[k] = t
@@ -252,11 +272,7 @@ func (pt *partition) handleConfig(ctx context.Context, it item) error {
 	if _, err := w.store.SaveConfig(ctx, next.Config); err != nil {
 		return fmt.Errorf("save config: %w", err)
 	}
-	if err := w.store.SavePartition(ctx, pt.p, next); err != nil {
-		return fmt.Errorf("save partition %d: %w", pt.p, err)
-	}
-	pt.rec = next
-	return nil
+	return pt.savePartition(ctx, next)
 }
 
 // reconfigureAgents applies an accepted configuration event to the agents of this
@@ -299,14 +315,21 @@ func (pt *partition) reconfigureAgents(ctx context.Context, out *outcome, before
 	if err != nil {
 		return fmt.Errorf("load agents: %w", err)
 	}
+	if err := pt.verifyStore(ctx); err != nil {
+		return err
+	}
 	beforeA, changed := map[string]handlers.Agent{}, map[string]handlers.Agent{}
 	for _, s := range snaps {
 		out.outgoing = append(out.outgoing, s.Outbox...)
 		if ev.Seq <= s.Agent.AppliedSeq {
+			if len(s.Outbox) > 0 {
+				w.snapshot(out, pt.p, s.Agent, s.Agent, s.Outbox)
+			}
 			continue
 		}
 		a, changes := w.rules.Reconfigure(before, after, s.Agent, ev)
 		w.record(out, state.Commit{Agent: a, Removed: ev.Type == events.AgentRemoved}, changes)
+		w.snapshot(out, pt.p, s.Agent, a, append(s.Outbox, out.byAgent[a.ID]...))
 		beforeA[a.ID], changed[a.ID] = s.Agent, a
 	}
 	indexAgents(out, after, beforeA, changed)
@@ -329,6 +352,10 @@ func (w *Worker) finish(ctx context.Context, p int, out *outcome) error {
 		}
 	}
 	if err := w.hooks.afterCommit(ctx); err != nil {
+		return err
+	}
+	// Durable copies go first: once a status is out, a rebuild must know its version.
+	if err := w.publishAll(ctx, out.snapshots); err != nil {
 		return err
 	}
 	msgs := make([]*nats.Msg, 0, len(out.outgoing)+len(out.rejected))

@@ -61,6 +61,14 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, name
 		Duplicates:        cfg.DedupeWindow,
 		AllowDirect:       true,
 	}, {
+		Name:              names.StateStream(),
+		Description:       "presenced durable copies of agent state and partition records, to rebuild the state store",
+		Subjects:          []string{p + ".state.>"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.StreamReplicas,
+		MaxMsgsPerSubject: 1,
+		AllowDirect:       true,
+	}, {
 		Name:        names.RejectedStream(),
 		Description: "presenced event.rejected dead letters",
 		Subjects:    []string{p + ".rejected"},
