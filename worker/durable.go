@@ -67,7 +67,14 @@ func (w *Worker) snapshot(out *outcome, p int, before, a handlers.Agent, outbox 
 }
 
 // savePartition writes the partition record to the store and its durable copy.
+// Outside a takeover the store is checked first: writing the record into a store
+// that lost its data would hide the loss from every later check.
 func (pt *partition) savePartition(ctx context.Context, rec state.Partition) error {
+	if pt.rec.Marker != "" {
+		if err := pt.verifyStore(ctx); err != nil {
+			return err
+		}
+	}
 	if err := pt.w.store.SavePartition(ctx, pt.p, rec); err != nil {
 		return fmt.Errorf("save partition %d: %w", pt.p, err)
 	}

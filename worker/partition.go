@@ -108,6 +108,7 @@ func (pt *partition) takeOver(ctx context.Context) error {
 		}
 	}
 	pt.cons = cons
+	pt.rec.Marker = "" // a takeover writes its own marker unchecked
 	rec.Marker = fmt.Sprintf("%s/%d", w.cfg.InstanceID, pt.rev)
 	if start > 1 && start-1 > rec.Floor {
 		rec.Floor = start - 1
@@ -143,15 +144,19 @@ func (pt *partition) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-sweep.C:
-			if err := pt.sweep(ctx); err != nil && ctx.Err() == nil {
-				pt.log.Warn("sweep", "err", err)
-			}
-			if time.Since(lastCheck) > 5*time.Second {
+			// Bounded, so a store that hangs cannot keep the partition from its input.
+			tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if time.Since(lastCheck) > 3*time.Second {
 				lastCheck = time.Now()
-				if err := pt.verifyStore(ctx); errors.Is(err, errStoreChanged) {
+				if err := pt.verifyStore(tctx); errors.Is(err, errStoreChanged) {
+					cancel()
 					return err
 				}
 			}
+			if err := pt.sweep(tctx); err != nil && ctx.Err() == nil {
+				pt.log.Warn("sweep", "err", err)
+			}
+			cancel()
 			continue
 		case m := <-msgs:
 			batch = append(batch[:0], m)
