@@ -98,6 +98,9 @@ type Agent struct {
 	SignedIn   bool              `json:"signedIn"`
 	Since      time.Time         `json:"since,omitzero"`
 	Origin     Origin            `json:"origin,omitempty"`
+	// Reason and Actor of the last published status, for status queries.
+	Reason events.Reason `json:"reason,omitempty"`
+	Actor  string        `json:"actor,omitempty"`
 
 	Sessions          []Session `json:"sessions,omitempty"` // sorted by ID
 	DefaultPresenceID string    `json:"defaultPresenceId,omitempty"`
@@ -114,6 +117,7 @@ func (a Agent) Status() events.StatusChanged {
 	return events.StatusChanged{
 		AgentID: a.ID, PresenceID: a.PresenceID, Name: a.Name, Text: a.Text,
 		BaseStatus: a.BaseStatus, SignedIn: a.SignedIn, Since: a.Since, Version: a.Version,
+		Reason: a.Reason, Actor: a.Actor,
 	}
 }
 

@@ -45,6 +45,7 @@ func transition(a *Agent, c change) *events.StatusChanged {
 	}
 	a.PresenceID, a.Name, a.Text, a.BaseStatus, a.SignedIn = p.ID, p.Name, p.Text, p.BaseStatus, c.signedIn
 	a.Version++
+	a.Reason, a.Actor = c.reason, c.actor
 	st := a.Status()
 	st.Reason, st.Actor, st.Previous, st.Cause, st.TraceParent = c.reason, c.actor, prev, c.cause, c.trace
 	return &st

@@ -71,7 +71,7 @@ func TestAgentLifecycle(t *testing.T) {
 	expectStatus(t, st, "busy", events.ReasonLogin, true)
 
 	got, code := e.queryAgent(a)
-	if code != "" || got.Version != 8 || got.PresenceID != "busy" || !got.SignedIn {
+	if code != "" || got.Version != 8 || got.PresenceID != "busy" || !got.SignedIn || got.Reason != events.ReasonLogin || got.Actor != "agent" {
 		t.Fatalf("query = %+v code %q", got, code)
 	}
 	rm := e.readModel(a)
