@@ -47,15 +47,19 @@ func testConfig() worker.Config {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{t: t, nats: testenv.StartNATS(t), redis: testenv.StartRedis(t)}
-	e.nc = e.nats.Conn(t)
+	e.init()
+	return e
+}
+
+func (e *env) init() {
+	e.nc = e.nats.Conn(e.t)
 	js, err := jetstream.New(e.nc)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	e.js = js
 	e.names = worker.NamesFor("presence")
 	e.subj = e.names.Subjects
-	return e
 }
 
 // startWorker runs an in-process replica with Redis state until the test ends.

@@ -83,16 +83,15 @@ func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) error {
 		}
 		start = end
 	}
+	// The floor moves with every batch: a store restored from an older snapshot
+	// then shows a lower floor than this owner holds, and the loss is detected.
 	last, _ := batch[len(batch)-1].Metadata()
-	if last != nil && last.Sequence.Stream > pt.rec.Floor+uint64(10*pt.w.cfg.BatchSize) {
-		// Floors are advisory; keeping them coarse saves a write per batch.
-		rec := pt.rec
-		rec.Floor = last.Sequence.Stream
-		if err := pt.savePartition(ctx, rec); err != nil {
-			return err
-		}
+	if last == nil || last.Sequence.Stream <= pt.rec.Floor {
+		return nil
 	}
-	return nil
+	rec := pt.rec
+	rec.Floor = last.Sequence.Stream
+	return pt.savePartition(ctx, rec)
 }
 
 func dedupeKey(ev events.Event) string { return ev.Source + "\x00" + ev.ID }
@@ -294,6 +293,10 @@ func (pt *partition) reconfigureAgents(ctx context.Context, out *outcome, before
 				return fmt.Errorf("agents in %s: %w", idx, err)
 			}
 			ids = append(ids, got...)
+		}
+		// An empty answer from a store that lost its data must not pass for "nobody".
+		if err := pt.verifyStore(ctx); err != nil {
+			return err
 		}
 	case events.AgentConfiguredData, events.AgentRemovedData:
 		if PartitionOf(ev.AgentID, w.cfg.Partitions) == pt.p {

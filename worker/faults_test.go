@@ -1,0 +1,113 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/internal/testenv"
+)
+
+// TestExpiryOnceWithReplicas: with three replicas sweeping, every expired session
+// ends exactly once.
+func TestExpiryOnceWithReplicas(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	for range 3 {
+		e.startWorker()
+	}
+	e.publish(events.SettingsConfigured, "", map[string]any{"sessionTtlSeconds": 1})
+	const n = 12
+	for i := range n {
+		e.publish(events.AgentLogin, fmt.Sprintf("x-%d", i), sess{SessionID: "s"})
+	}
+	for i := range n {
+		a := fmt.Sprintf("x-%d", i)
+		expectStatus(t, e.waitVersion(a, 2), "offline", events.ReasonSessionExpired, false)
+		e.publish(events.AgentLogin, a, sess{SessionID: "s"})
+	}
+	for i := range n {
+		a := fmt.Sprintf("x-%d", i)
+		expectStatus(t, e.waitVersion(a, 3), "available", events.ReasonReconnect, true)
+		if l := e.status.get(a); len(l) > 3 && l[3].Reason != events.ReasonSessionExpired {
+			t.Fatalf("%s: %s", a, describe(l))
+		}
+	}
+	e.expectNoDuplicates()
+}
+
+func (e *env) expectNoDuplicates() {
+	e.t.Helper()
+	e.status.mu.Lock()
+	defer e.status.mu.Unlock()
+	for a, l := range e.status.byAgent {
+		for i, st := range l {
+			if st.Version != uint64(i+1) {
+				e.t.Fatalf("agent %s: versions not 1..n: %s", a, describe(l))
+			}
+		}
+	}
+	for id, n := range e.status.ids {
+		if n != 1 {
+			e.t.Fatalf("status %s published %d times", id, n)
+		}
+	}
+}
+
+// TestRedisUnavailable: while redis-server is down the worker holds events back,
+// reports not ready, rejects nothing, and catches up by itself when it returns.
+func TestRedisUnavailable(t *testing.T) {
+	t.Parallel()
+	e := &env{t: t, nats: testenv.StartNATS(t), redis: testenv.StartRedis(t, testenv.WithAOF())}
+	e.init()
+	w := e.startWorker()
+	e.publish(events.AgentLogin, "u-1", sess{})
+	e.waitVersion("u-1", 1)
+
+	e.redis.Kill()
+	e.publish(events.AgentPresenceSet, "u-1", events.PresenceSetData{PresenceID: "busy"})
+	e.publish(events.AgentLogin, "u-2", sess{})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := w.Ready(context.Background())
+		if err != nil && (strings.Contains(err.Error(), "retrying") || strings.Contains(err.Error(), "state store")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker still ready with Redis down: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the readiness probe
+	}
+	e.redis.Restart()
+	expectStatus(t, e.waitVersion("u-1", 2), "busy", events.ReasonManual, true)
+	expectStatus(t, e.waitVersion("u-2", 1), "available", events.ReasonLogin, true)
+	e.waitReady(w)
+	stream, _ := e.js.Stream(context.Background(), e.names.RejectedStream())
+	if info, err := stream.Info(context.Background()); err != nil || info.State.Msgs != 0 {
+		t.Fatalf("rejections while Redis was down: %+v %v", info.State, err)
+	}
+	e.expectNoDuplicates()
+}
+
+// TestKilledMidLoad SIGKILLs a worker process while it works through a backlog,
+// restarts it, and checks the output against the rules applied in stream order.
+func TestKilledMidLoad(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	first := e.startProcess()
+	e.waitStreams()
+	e.status = e.collect()
+	e.workload(50, 6)
+	e.status.waitFor(t, "k-0", "a first status", func(l []events.StatusChanged) bool { return len(l) > 0 })
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	e.startProcess()
+	e.expectExactly(e.oracle())
+	e.expectNoDuplicates()
+}
