@@ -170,6 +170,7 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) error {
 	before := make(map[string]handlers.Agent, len(snaps))
 	leftovers := make(map[string][]state.Outgoing)
 	changed := map[string]handlers.Agent{}
+	redelivered := map[string]bool{}
 	cur := make(map[string]handlers.Agent, len(snaps))
 	seen := make(map[string]map[string]bool, len(snaps))
 	for _, s := range snaps {
@@ -192,6 +193,10 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) error {
 		id := it.ev.AgentID
 		a := cur[id]
 		if it.ev.Seq <= a.AppliedSeq {
+			// Applied by an attempt that died before acknowledging: what came after
+			// the commit (indexes, durable copy) is redone, as it may be missing.
+			redelivered[id] = true
+			changed[id] = a
 			out.ack = append(out.ack, it.msg)
 			w.metrics.events.WithLabelValues(string(it.ev.Type), "redelivered").Inc()
 			continue
@@ -208,6 +213,7 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) error {
 		next, changes, err := w.rules.Apply(cfg, a, it.ev)
 		var rej *events.Rejection
 		if errors.As(err, &rej) {
+			pt.log.Debug("rejected", "id", it.ev.ID, "source", it.ev.Source, "type", it.ev.Type, "agent", id, "code", rej.Code, "seq", it.ev.Seq)
 			// Remember the sequence so a redelivery is not judged again later.
 			a.AppliedSeq = it.ev.Seq
 			w.record(out, state.Commit{Agent: a}, nil)
@@ -225,7 +231,11 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) error {
 	}
 	indexAgents(out, cfg, before, changed)
 	for id, a := range changed {
-		w.snapshot(out, pt.p, before[id], a, append(leftovers[id], out.byAgent[id]...))
+		b := before[id]
+		if redelivered[id] {
+			b = handlers.Agent{}
+		}
+		w.snapshot(out, pt.p, b, a, append(leftovers[id], out.byAgent[id]...))
 	}
 	return w.finish(ctx, pt.p, out)
 }
