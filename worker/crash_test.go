@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,7 +59,7 @@ func (e *env) startProcess(extraEnv ...string) *exec.Cmd {
 		"PRESENCED_PARTITIONS=4",
 		"PRESENCED_LEASE_TTL=1s",
 		"PRESENCED_BATCH_SIZE=16",
-		"PRESENCED_LOG_LEVEL=warn",
+		"PRESENCED_LOG_LEVEL="+cmp.Or(os.Getenv("PRESENCED_TEST_LOG"), "warn"),
 	)
 	cmd.Env = append(cmd.Env, extraEnv...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -226,7 +227,7 @@ func TestTwoReplicas(t *testing.T) {
 // startWorkerCancelable starts a replica and returns a function that stops it.
 func (e *env) startWorkerCancelable() func() {
 	e.t.Helper()
-	cfg := testConfig()
+	cfg := testConfig(e.t)
 	nc := e.nats.Conn(e.t)
 	store := newRedisStore(e)
 	w, err := worker.New(nc, store, cfg, nil, worker.Hooks{})

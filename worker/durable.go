@@ -121,6 +121,7 @@ func (pt *partition) verifyStore(ctx context.Context) error {
 		return fmt.Errorf("load partition %d: %w", pt.p, err)
 	}
 	if rec.Marker != pt.rec.Marker || rec.Floor < pt.rec.Floor || rec.Config.Seq < pt.rec.Config.Seq {
+		pt.log.Debug("store changed under this owner", "marker", rec.Marker, "want_marker", pt.rec.Marker, "floor", rec.Floor, "want_floor", pt.rec.Floor)
 		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
 	}
 	return nil

@@ -37,10 +37,14 @@ type env struct {
 	workers []context.CancelFunc
 }
 
-func testConfig() worker.Config {
+// testConfig makes failures readable: logs name the test, and
+// PRESENCED_TEST_LOG=debug shows everything.
+func testConfig(t *testing.T) worker.Config {
+	level := slog.LevelWarn
+	_ = level.UnmarshalText([]byte(os.Getenv("PRESENCED_TEST_LOG")))
 	return worker.Config{
 		Partitions: 4, LeaseTTL: 2 * time.Second, SweepInterval: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("test", t.Name()),
 	}
 }
 
@@ -65,7 +69,7 @@ func (e *env) init() {
 // startWorker runs an in-process replica with Redis state until the test ends.
 func (e *env) startWorker(mutate ...func(*worker.Config)) *worker.Worker {
 	e.t.Helper()
-	cfg := testConfig()
+	cfg := testConfig(e.t)
 	for _, m := range mutate {
 		m(&cfg)
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -78,22 +80,40 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, name
 		Duplicates:  cfg.DedupeWindow,
 	}}
 	for _, sc := range streams {
+		// Only a missing or different stream is written: replicas starting while
+		// others run must not send updates for nothing.
+		if s, err := js.Stream(ctx, sc.Name); err == nil && sameStream(s.CachedInfo().Config, sc) {
+			continue
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return nil, fmt.Errorf("create stream %s: %w", sc.Name, err)
 		}
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kvc := jetstream.KeyValueConfig{
 		Bucket:      names.OwnersBucket(),
 		Description: "presenced partition leases and live replicas",
 		TTL:         cfg.LeaseTTL,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.StreamReplicas,
 		History:     1,
-	})
+	}
+	if kv, err := js.KeyValue(ctx, kvc.Bucket); err == nil {
+		if st, err := kv.Status(ctx); err == nil && st.TTL() == kvc.TTL {
+			return kv, nil
+		}
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, kvc)
 	if err != nil {
 		return nil, fmt.Errorf("create bucket %s: %w", names.OwnersBucket(), err)
 	}
 	return kv, nil
+}
+
+// sameStream compares the settings presenced chooses.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.MaxAge == want.MaxAge &&
+		have.MaxMsgsPerSubject == want.MaxMsgsPerSubject && have.Duplicates == want.Duplicates &&
+		have.Replicas == want.Replicas && reflect.DeepEqual(have.SubjectTransform, want.SubjectTransform)
 }
 
 // logicalSubject turns a stored input subject back into the one it was published
