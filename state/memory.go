@@ -234,19 +234,28 @@ func (m *Memory) LoadPartition(ctx context.Context, p int) (Partition, error) {
 	return rec, nil
 }
 
-// SavePartition implements Store.
-func (m *Memory) SavePartition(ctx context.Context, p int, rec Partition) error {
+// SwapPartition implements Store.
+func (m *Memory) SwapPartition(ctx context.Context, p int, old, rec Partition) (bool, error) {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("save partition %d: %w", p, err)
+		return false, fmt.Errorf("swap partition %d: %w", p, err)
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
-		return fmt.Errorf("save partition %d: encode: %w", p, err)
+		return false, fmt.Errorf("swap partition %d: encode: %w", p, err)
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	var cur Partition
+	if m.partitions[p] != nil {
+		if cur, err = decodePartition(m.partitions[p]); err != nil {
+			return false, fmt.Errorf("swap partition %d: %w", p, err)
+		}
+	}
+	if cur.Marker != old.Marker || cur.Floor < old.Floor || cur.Config.Seq < old.Config.Seq {
+		return false, nil
+	}
 	m.partitions[p] = b
-	m.mu.Unlock()
-	return nil
+	return true, nil
 }
 
 // Config implements Store.

@@ -20,9 +20,12 @@ var (
 	commitSource string
 	//go:embed lua/save_config.lua
 	saveConfigSource string
+	//go:embed lua/swap_partition.lua
+	swapPartitionSource string
 
-	commitScript     = redis.NewScript(commitSource)
-	saveConfigScript = redis.NewScript(saveConfigSource)
+	commitScript        = redis.NewScript(commitSource)
+	saveConfigScript    = redis.NewScript(saveConfigSource)
+	swapPartitionScript = redis.NewScript(swapPartitionSource)
 )
 
 // RedisConfig configures the Redis store.
@@ -260,19 +263,21 @@ func (r *Redis) LoadPartition(ctx context.Context, p int) (Partition, error) {
 	return rec, nil
 }
 
-// SavePartition implements Store.
-func (r *Redis) SavePartition(ctx context.Context, p int, rec Partition) error {
+// SwapPartition implements Store: one script, so the check and the write see the same server.
+func (r *Redis) SwapPartition(ctx context.Context, p int, old, rec Partition) (bool, error) {
 	if r.err != nil {
-		return fmt.Errorf("save partition %d: %w", p, r.err)
+		return false, fmt.Errorf("swap partition %d: %w", p, r.err)
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
-		return fmt.Errorf("save partition %d: encode: %w", p, err)
+		return false, fmt.Errorf("swap partition %d: encode: %w", p, err)
 	}
-	if err := r.client.Set(ctx, r.keys.Partition(p), b, 0).Err(); err != nil {
-		return fmt.Errorf("save partition %d: %w", p, err)
+	n, err := swapPartitionScript.Run(ctx, r.client, []string{r.keys.Partition(p)}, b, old.Marker,
+		strconv.FormatUint(old.Floor, 10), strconv.FormatUint(old.Config.Seq, 10)).Int()
+	if err != nil {
+		return false, fmt.Errorf("swap partition %d: %w", p, err)
 	}
-	return nil
+	return n == 1, nil
 }
 
 // Config implements Store.

@@ -126,8 +126,8 @@ func TestRedisKeysShareSlot(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SavePartition(ctx, 7, state.Partition{Config: handlers.NewConfig()}); err != nil {
-		t.Fatal(err)
+	if ok, err := s.SwapPartition(ctx, 7, state.Partition{}, state.Partition{Config: handlers.NewConfig()}); err != nil || !ok {
+		t.Fatal(ok, err)
 	}
 	if _, err := s.SaveConfig(ctx, handlers.Config{Seq: 1}); err != nil {
 		t.Fatal(err)

@@ -104,7 +104,10 @@ type Store interface {
 	// LoadPartition returns the partition's record; a new partition gets
 	// handlers.NewConfig(). Config.Custom and Seen are never nil.
 	LoadPartition(ctx context.Context, p int) (Partition, error)
-	SavePartition(ctx context.Context, p int, rec Partition) error
+	// SwapPartition stores rec only if the stored record still has old's Marker and
+	// a Floor and Config.Seq not lower than old's (no record counts as the zero
+	// Partition), atomically, and reports whether it did.
+	SwapPartition(ctx context.Context, p int, old, rec Partition) (bool, error)
 	// Config returns the newest configuration any partition applied.
 	Config(ctx context.Context) (handlers.Config, error)
 	// SaveConfig stores cfg if its Seq is higher than the stored one (or none is

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/handlers"
 	"github.com/presenced/presenced/state"
@@ -401,10 +403,8 @@ func testPartition(t *testing.T, s state.Store) {
 	cfg.Settings.DefaultPresenceID = "busy"
 	cfg.Settings.SessionTTL = 30 * time.Second
 	cfg.Settings.RejectedNotification = true
-	rec := state.Partition{Config: cfg, Seen: map[string]time.Time{"cfg/1": t0, "cfg/2": t0.Add(3)}, Floor: 40}
-	if err := s.SavePartition(t.Context(), 3, rec); err != nil {
-		t.Fatalf("SavePartition: %v", err)
-	}
+	rec := state.Partition{Config: cfg, Seen: map[string]time.Time{"cfg/1": t0, "cfg/2": t0.Add(3)}, Floor: 40, Marker: "owner/1"}
+	swap(t, s, 3, state.Partition{}, rec, true)
 	got, err := s.LoadPartition(t.Context(), 3)
 	if err != nil {
 		t.Fatal(err)
@@ -417,16 +417,35 @@ func testPartition(t *testing.T, s state.Store) {
 	}
 	equal(t, "other partition", other.Config, handlers.NewConfig())
 
-	// Overwrite is unconditional.
-	rec2 := state.Partition{Config: handlers.NewConfig(), Seen: map[string]time.Time{}}
-	if err := s.SavePartition(t.Context(), 3, rec2); err != nil {
-		t.Fatal(err)
-	}
+	// A swap only replaces the record the caller holds.
+	rec2 := state.Partition{Config: handlers.NewConfig(), Seen: map[string]time.Time{}, Marker: "owner/2", Floor: 50}
+	rec2.Config.Seq = 41
+	swap(t, s, 3, state.Partition{}, rec2, false) // the store is not empty
+	stale := rec
+	stale.Floor = 41
+	swap(t, s, 3, stale, rec2, false) // the store moved past what the caller holds
+	wrong := rec
+	wrong.Marker = "someone-else"
+	swap(t, s, 3, wrong, rec2, false)
 	got, err = s.LoadPartition(t.Context(), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	equal(t, "overwritten", got, rec2)
+	equal(t, "refused swaps leave the record", got, rec)
+	swap(t, s, 3, rec, rec2, true)
+	got, err = s.LoadPartition(t.Context(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "swapped", got, rec2)
+}
+
+func swap(t *testing.T, s state.Store, p int, old, rec state.Partition, want bool) {
+	t.Helper()
+	ok, err := s.SwapPartition(t.Context(), p, old, rec)
+	if err != nil || ok != want {
+		t.Fatalf("SwapPartition = %v, %v; want %v", ok, err, want)
+	}
 }
 
 func testConfig(t *testing.T, s state.Store) {
@@ -595,9 +614,7 @@ func testCopies(t *testing.T, s state.Store) {
 	cfg.Seq = 1
 	cfg.Custom["p"] = events.Presence{ID: "p", Name: "P"}
 	rec := state.Partition{Config: cfg, Seen: map[string]time.Time{"k": t0}}
-	if err := s.SavePartition(t.Context(), 0, rec); err != nil {
-		t.Fatal(err)
-	}
+	swap(t, s, 0, state.Partition{}, rec, true)
 	if _, err := s.SaveConfig(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -704,3 +721,10 @@ func testPing(t *testing.T, s state.Store) {
 		t.Fatalf("Ping: %v", err)
 	}
 }
+
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
+// Some tests stop redis-server on purpose; go-redis would log every refused dial.
+func init() { redis.SetLogger(quietRedisLog{}) }

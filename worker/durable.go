@@ -67,16 +67,16 @@ func (w *Worker) snapshot(out *outcome, p int, before, a handlers.Agent, outbox 
 }
 
 // savePartition writes the partition record to the store and its durable copy.
-// Outside a takeover the store is checked first: writing the record into a store
-// that lost its data would hide the loss from every later check.
+// The write only happens if the store still holds pt.rec, checked in the same
+// atomic step: a record written into a store that lost its data (even a moment
+// after a check) would hide the loss from every later check.
 func (pt *partition) savePartition(ctx context.Context, rec state.Partition) error {
-	if pt.rec.Marker != "" {
-		if err := pt.verifyStore(ctx); err != nil {
-			return err
-		}
-	}
-	if err := pt.w.store.SavePartition(ctx, pt.p, rec); err != nil {
+	ok, err := pt.w.store.SwapPartition(ctx, pt.p, pt.rec, rec)
+	if err != nil {
 		return fmt.Errorf("save partition %d: %w", pt.p, err)
+	}
+	if !ok {
+		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {

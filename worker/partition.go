@@ -40,6 +40,7 @@ func (pt *partition) takeOver(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load partition %d: %w", pt.p, err)
 	}
+	loaded := rec
 	drec, ok, err := pt.durablePartition(ctx)
 	if err != nil {
 		return err
@@ -108,7 +109,7 @@ func (pt *partition) takeOver(ctx context.Context) error {
 		}
 	}
 	pt.cons = cons
-	pt.rec.Marker = "" // a takeover writes its own marker unchecked
+	pt.rec = loaded // the takeover's record replaces the one it judged, or nothing
 	rec.Marker = fmt.Sprintf("%s/%d", w.cfg.InstanceID, pt.rev)
 	if start > 1 && start-1 > rec.Floor {
 		rec.Floor = start - 1
