@@ -35,6 +35,9 @@ func TestAgentLifecycle(t *testing.T) {
 	if _, code := e.queryAgent(a); code != "404" {
 		t.Fatalf("query of an unknown agent: code %q, want 404", code)
 	}
+	if _, code := e.query(e.subj.QueryAgent("not$valid")); code != "400" {
+		t.Fatalf("query of an invalid agent id: code %q, want 400", code)
+	}
 	e.publish(events.AgentLogin, a, sess{SessionID: "desk"})
 	st := e.waitVersion(a, 1)
 	expectStatus(t, st, "available", events.ReasonLogin, true)

@@ -11,6 +11,7 @@ type metrics struct {
 	retries   prometheus.Counter
 	owned     prometheus.Gauge
 	rebuilds  prometheus.Counter
+	latency   prometheus.Histogram
 }
 
 // newMetrics registers the worker's metrics with reg (a registry per worker, so
@@ -36,6 +37,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "presenced_store_rebuilds_total", Help: "Partitions rebuilt from JetStream after the state store lost data.",
 		}),
 	}
-	reg.MustRegister(m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds)
+	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "presenced_event_latency_seconds",
+		Help:    "From the time JetStream stored an input event to the time its outcome was published and acknowledged.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+	reg.MustRegister(m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds, m.latency)
 	return m
 }

@@ -58,7 +58,7 @@ func (w *Worker) decode(m jetstream.Msg) item {
 // handle processes one batch: agent events grouped between configuration events,
 // which act as barriers so every agent event is judged with the configuration
 // that preceded it in the stream.
-func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) error {
+func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) (err error) {
 	if err := pt.verifyStore(ctx); err != nil {
 		return err
 	}
@@ -66,6 +66,17 @@ func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) error {
 	for i, m := range batch {
 		items[i] = pt.w.decode(m)
 	}
+	defer func() {
+		if err != nil {
+			return // observed once, when the retry succeeds
+		}
+		now := time.Now()
+		for _, it := range items {
+			if !it.ev.Stored.IsZero() {
+				pt.w.metrics.latency.Observe(now.Sub(it.ev.Stored).Seconds())
+			}
+		}
+	}()
 	for start := 0; start < len(items); {
 		if items[start].rej == nil && items[start].ev.Role == events.RoleConfig {
 			if err := pt.handleConfig(ctx, items[start]); err != nil {

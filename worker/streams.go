@@ -69,6 +69,7 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, name
 		Storage:           jetstream.FileStorage,
 		Replicas:          cfg.StreamReplicas,
 		MaxMsgsPerSubject: 1,
+		Duplicates:        cfg.DedupeWindow,
 		AllowDirect:       true,
 	}, {
 		Name:        names.RejectedStream(),
@@ -82,8 +83,11 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, name
 	for _, sc := range streams {
 		// Only a missing or different stream is written: replicas starting while
 		// others run must not send updates for nothing.
-		if s, err := js.Stream(ctx, sc.Name); err == nil && sameStream(s.CachedInfo().Config, sc) {
-			continue
+		if s, err := js.Stream(ctx, sc.Name); err == nil {
+			if sameStream(s.CachedInfo().Config, sc) {
+				continue
+			}
+			cfg.Logger.Info("updating stream settings", "stream", sc.Name)
 		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return nil, fmt.Errorf("create stream %s: %w", sc.Name, err)
