@@ -17,12 +17,13 @@ import (
 // partition runs one owned input partition: a durable consumer created for this
 // lease, read in stream order, one batch at a time.
 type partition struct {
-	w    *Worker
-	p    int
-	rev  uint64
-	log  *slog.Logger
-	rec  state.Partition
-	cons jetstream.Consumer
+	w     *Worker
+	p     int
+	rev   uint64
+	log   *slog.Logger
+	rec   state.Partition
+	cons  jetstream.Consumer
+	input jetstream.Stream
 	// fired remembers expiry events already published by this run, so the sweeper
 	// does not republish them every tick while they wait in the input stream.
 	fired map[string]time.Time
@@ -57,6 +58,7 @@ func (pt *partition) takeOver(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("input stream: %w", err)
 	}
+	pt.input = stream
 	prefix := w.names.consumerPrefix(pt.p)
 	var old []string
 	var start uint64
@@ -88,7 +90,7 @@ func (pt *partition) takeOver(ctx context.Context) error {
 	cc := jetstream.ConsumerConfig{
 		Durable:           w.names.consumerName(pt.p, pt.rev),
 		Description:       fmt.Sprintf("presenced partition %d, lease %s", pt.p, w.cfg.InstanceID),
-		FilterSubjects:    []string{fmt.Sprintf("%s.in.*.%d.*", w.cfg.Prefix, pt.p), w.cfg.Prefix + ".in.config"},
+		FilterSubject:     fmt.Sprintf("%s.in.*.%d.*", w.cfg.Prefix, pt.p),
 		AckPolicy:         jetstream.AckExplicitPolicy,
 		AckWait:           w.cfg.AckWait,
 		MaxAckPending:     4 * w.cfg.BatchSize,
@@ -157,7 +159,16 @@ func (pt *partition) run(ctx context.Context) error {
 			if err := pt.sweep(tctx); err != nil && ctx.Err() == nil {
 				pt.log.Warn("sweep", "err", err)
 			}
+			upTo, err := pt.idleUpTo(tctx, msgs)
 			cancel()
+			if err != nil && ctx.Err() == nil {
+				pt.log.Debug("idle check", "err", err)
+			}
+			if upTo > pt.rec.Config.Seq {
+				if err := pt.handleWithRetry(ctx, nil, upTo); err != nil {
+					return err
+				}
+			}
 			continue
 		case m := <-msgs:
 			batch = append(batch[:0], m)
@@ -171,15 +182,45 @@ func (pt *partition) run(ctx context.Context) error {
 				break fill
 			}
 		}
-		if err := pt.handleWithRetry(ctx, batch); err != nil {
+		items := make([]item, len(batch))
+		for i, m := range batch {
+			items[i] = w.decode(m)
+		}
+		if err := pt.handleWithRetry(ctx, items, items[len(items)-1].ev.Seq); err != nil {
 			return err
 		}
 	}
 }
 
+// idleUpTo returns the stream sequence up to which configuration events can be
+// applied while the partition has nothing to do, or 0: once every message of the
+// partition stored up to the stream's last sequence has been handled, no agent
+// event can be stored before a configuration event that comes later.
+func (pt *partition) idleUpTo(ctx context.Context, buffered chan jetstream.Msg) (uint64, error) {
+	if len(buffered) > 0 {
+		return 0, nil
+	}
+	info, err := pt.input.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("input stream: %w", err)
+	}
+	last := info.State.LastSeq
+	if last <= pt.rec.Config.Seq {
+		return 0, nil
+	}
+	ci, err := pt.cons.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("consumer: %w", err)
+	}
+	if ci.NumPending > 0 || ci.NumAckPending > 0 || len(buffered) > 0 {
+		return 0, nil
+	}
+	return last, nil
+}
+
 // handleWithRetry retries a batch in place on transient failures, holding back
 // everything after it, and keeps its messages from being redelivered meanwhile.
-func (pt *partition) handleWithRetry(ctx context.Context, batch []jetstream.Msg) error {
+func (pt *partition) handleWithRetry(ctx context.Context, items []item, upTo uint64) error {
 	w := pt.w
 	backoff := 50 * time.Millisecond
 	lastProgress := time.Now()
@@ -187,7 +228,7 @@ func (pt *partition) handleWithRetry(ctx context.Context, batch []jetstream.Msg)
 		// A batch in hand is finished even while shutting down: it is cheaper than
 		// having the next owner redo it.
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		err := pt.handle(hctx, batch)
+		err := pt.handle(hctx, items, upTo)
 		cancel()
 		if errors.Is(err, errStoreChanged) {
 			if attempt > 0 {
@@ -208,8 +249,10 @@ func (pt *partition) handleWithRetry(ctx context.Context, batch []jetstream.Msg)
 		w.metrics.retries.Inc()
 		pt.log.Warn("batch failed, retrying", "err", err, "attempt", attempt+1, "backoff", backoff)
 		if time.Since(lastProgress) > w.cfg.AckWait/3 {
-			for _, m := range batch {
-				_ = m.InProgress()
+			for _, it := range items {
+				if it.msg != nil {
+					_ = it.msg.InProgress()
+				}
 			}
 			lastProgress = time.Now()
 		}

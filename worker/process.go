@@ -16,8 +16,12 @@ import (
 
 // item is one input message of a batch, decoded.
 type item struct {
+	// msg is the consumer's message to acknowledge; nil for configuration events,
+	// which every partition reads from the stream itself.
 	msg     jetstream.Msg
 	subject string // as published
+	header  nats.Header
+	data    []byte
 	ev      events.Event
 	rej     *events.Rejection
 }
@@ -42,30 +46,82 @@ func newOutcome() *outcome {
 }
 
 func (w *Worker) decode(m jetstream.Msg) item {
-	it := item{msg: m}
+	it := item{msg: m, header: m.Headers(), data: m.Data()}
 	meta, err := m.Metadata()
 	if err != nil {
 		it.rej = events.Reject(events.CodeMalformed, "no JetStream metadata: "+err.Error())
 		return it
 	}
 	it.subject, _ = logicalSubject(w.cfg.Prefix, m.Subject())
-	ev, rej := w.names.Subjects.Decode(it.subject, m.Headers(), m.Data())
-	ev.Seq, ev.Stored = meta.Sequence.Stream, meta.Timestamp.UTC()
-	it.ev, it.rej = ev, rej
+	w.decodeItem(&it, meta.Sequence.Stream, meta.Timestamp)
 	return it
 }
 
-// handle processes one batch: agent events grouped between configuration events,
-// which act as barriers so every agent event is judged with the configuration
-// that preceded it in the stream.
-func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) (err error) {
+func (w *Worker) decodeItem(it *item, seq uint64, stored time.Time) {
+	ev, rej := w.names.Subjects.Decode(it.subject, it.header, it.data)
+	ev.Seq, ev.Stored = seq, stored.UTC()
+	it.ev, it.rej = ev, rej
+}
+
+// configUpTo reads the configuration events stored after the last one this
+// partition handled and at or before upTo. Partition consumers filter on their own
+// subjects only (a second filter subject makes the server's next-message lookup far
+// costlier); configuration is rare, so each partition merges it in itself.
+func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error) {
+	w := pt.w
+	subject := w.names.Subjects.Config()
+	var out []item
+	for next := pt.rec.Config.Seq + 1; next <= upTo; {
+		raw, err := pt.input.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read configuration after %d: %w", next-1, err)
+		}
+		if raw.Sequence > upTo {
+			break
+		}
+		it := item{subject: subject, header: raw.Header, data: raw.Data}
+		w.decodeItem(&it, raw.Sequence, raw.Time)
+		out = append(out, it)
+		next = raw.Sequence + 1
+	}
+	return out, nil
+}
+
+// merge orders the partition's messages and configuration events by sequence.
+func merge(agents, config []item) []item {
+	if len(config) == 0 {
+		return agents
+	}
+	out := make([]item, 0, len(agents)+len(config))
+	i, j := 0, 0
+	for i < len(agents) || j < len(config) {
+		if j == len(config) || (i < len(agents) && agents[i].ev.Seq < config[j].ev.Seq) {
+			out = append(out, agents[i])
+			i++
+		} else {
+			out = append(out, config[j])
+			j++
+		}
+	}
+	return out
+}
+
+// handle processes the partition's messages up to sequence upTo, with the
+// configuration events stored up to there: configuration events act as barriers,
+// so every agent event is judged with the configuration that preceded it in the
+// stream.
+func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err error) {
 	if err := pt.verifyStore(ctx); err != nil {
 		return err
 	}
-	items := make([]item, len(batch))
-	for i, m := range batch {
-		items[i] = pt.w.decode(m)
+	config, err := pt.configUpTo(ctx, upTo)
+	if err != nil {
+		return err
 	}
+	items := merge(own, config)
 	defer func() {
 		if err != nil {
 			return // observed once, when the retry succeeds
@@ -78,7 +134,7 @@ func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) (err err
 		}
 	}()
 	for start := 0; start < len(items); {
-		if items[start].rej == nil && items[start].ev.Role == events.RoleConfig {
+		if items[start].msg == nil { // read from the configuration subject
 			if err := pt.handleConfig(ctx, items[start]); err != nil {
 				return err
 			}
@@ -86,7 +142,7 @@ func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) (err err
 			continue
 		}
 		end := start + 1
-		for end < len(items) && (items[end].rej != nil || items[end].ev.Role != events.RoleConfig) {
+		for end < len(items) && items[end].msg != nil {
 			end++
 		}
 		if err := pt.handleAgents(ctx, items[start:end]); err != nil {
@@ -96,19 +152,18 @@ func (pt *partition) handle(ctx context.Context, batch []jetstream.Msg) (err err
 	}
 	// The floor moves with every batch: a store restored from an older snapshot
 	// then shows a lower floor than this owner holds, and the loss is detected.
-	last, _ := batch[len(batch)-1].Metadata()
-	if last == nil || last.Sequence.Stream <= pt.rec.Floor {
+	if len(own) == 0 || own[len(own)-1].ev.Seq <= pt.rec.Floor {
 		return nil
 	}
 	rec := pt.rec
-	rec.Floor = last.Sequence.Stream
+	rec.Floor = own[len(own)-1].ev.Seq
 	return pt.savePartition(ctx, rec)
 }
 
 func dedupeKey(ev events.Event) string { return ev.Source + "\x00" + ev.ID }
 
 func (w *Worker) reject(out *outcome, it item, rej *events.Rejection) {
-	out.rejected = append(out.rejected, w.names.Subjects.EncodeRejected(w.cfg.Source, w.names.InputStream(), it.ev.Seq, it.subject, it.msg.Headers(), it.msg.Data(), rej))
+	out.rejected = append(out.rejected, w.names.Subjects.EncodeRejected(w.cfg.Source, w.names.InputStream(), it.ev.Seq, it.subject, it.header, it.data, rej))
 	out.term = append(out.term, it.msg)
 	w.metrics.rejected.WithLabelValues(string(rej.Code)).Inc()
 }
@@ -266,9 +321,15 @@ func (pt *partition) handleConfig(ctx context.Context, it item) error {
 		}
 	}
 	key := dedupeKey(ev)
-	cfg, err := w.rules.Configure(rec.Config, ev)
-	var rej *events.Rejection
+	var cfg handlers.Config
+	var err error
+	rej := it.rej
+	if rej == nil {
+		cfg, err = w.rules.Configure(rec.Config, ev)
+	}
 	switch {
+	case rej != nil:
+		w.reject(out, it, rej)
 	case next.Seen[key] != (time.Time{}):
 		w.metrics.events.WithLabelValues(string(ev.Type), "duplicate").Inc()
 		out.ack = append(out.ack, it.msg)
@@ -449,11 +510,17 @@ func (w *Worker) publishAll(ctx context.Context, msgs []*nats.Msg) error {
 
 func ackAll(ack, term []jetstream.Msg) error {
 	for _, m := range ack {
+		if m == nil {
+			continue // a configuration event read from the stream, not delivered
+		}
 		if err := m.Ack(); err != nil {
 			return fmt.Errorf("ack: %w", err)
 		}
 	}
 	for _, m := range term {
+		if m == nil {
+			continue
+		}
 		if err := m.Term(); err != nil {
 			return fmt.Errorf("term: %w", err)
 		}
