@@ -28,7 +28,8 @@ const partitionsMetadata = "presenced.partitions"
 // ensureStreams creates or updates the three streams and the owners bucket.
 // Changing the partition count of an existing input stream would reorder agents
 // across partitions, so it is refused.
-func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, names Names) (jetstream.KeyValue, error) {
+// streamConfigs are the streams presenced needs, input stream first.
+func streamConfigs(cfg Config, names Names) []jetstream.StreamConfig {
 	p := cfg.Prefix
 	in := jetstream.StreamConfig{
 		Name:        names.InputStream(),
@@ -46,14 +47,7 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, name
 		},
 		Metadata: map[string]string{partitionsMetadata: strconv.Itoa(cfg.Partitions)},
 	}
-	if s, err := js.Stream(ctx, in.Name); err == nil {
-		if got := s.CachedInfo().Config.Metadata[partitionsMetadata]; got != "" && got != in.Metadata[partitionsMetadata] {
-			return nil, fmt.Errorf("input stream %s was created with %s partitions, not %d: start with --partitions %s", in.Name, got, cfg.Partitions, got)
-		}
-	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("look up stream %s: %w", in.Name, err)
-	}
-	streams := []jetstream.StreamConfig{in, {
+	return []jetstream.StreamConfig{in, {
 		Name:              names.StatusStream(),
 		Description:       "presenced agent.status.changed, last messages per agent",
 		Subjects:          []string{p + ".status.>"},
@@ -80,6 +74,18 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, name
 		MaxAge:      30 * 24 * time.Hour,
 		Duplicates:  cfg.DedupeWindow,
 	}}
+}
+
+func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, names Names) (jetstream.KeyValue, error) {
+	streams := streamConfigs(cfg, names)
+	in := streams[0]
+	if s, err := js.Stream(ctx, in.Name); err == nil {
+		if got := s.CachedInfo().Config.Metadata[partitionsMetadata]; got != "" && got != in.Metadata[partitionsMetadata] {
+			return nil, fmt.Errorf("input stream %s was created with %s partitions, not %d: start with --partitions %s", in.Name, got, cfg.Partitions, got)
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("look up stream %s: %w", in.Name, err)
+	}
 	for _, sc := range streams {
 		// Only a missing or different stream is written: replicas starting while
 		// others run must not send updates for nothing.
@@ -113,10 +119,12 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, name
 	return kv, nil
 }
 
-// sameStream compares the settings presenced chooses.
+// sameStream compares the settings presenced chooses; the server reports an
+// unset per-subject limit as -1.
 func sameStream(have, want jetstream.StreamConfig) bool {
+	perSubject := have.MaxMsgsPerSubject == want.MaxMsgsPerSubject || (have.MaxMsgsPerSubject <= 0 && want.MaxMsgsPerSubject <= 0)
 	return slices.Equal(have.Subjects, want.Subjects) && have.MaxAge == want.MaxAge &&
-		have.MaxMsgsPerSubject == want.MaxMsgsPerSubject && have.Duplicates == want.Duplicates &&
+		perSubject && have.Duplicates == want.Duplicates &&
 		have.Replicas == want.Replicas && reflect.DeepEqual(have.SubjectTransform, want.SubjectTransform)
 }
 
