@@ -1,0 +1,280 @@
+// Package router is the library routing engines build on: it rebuilds every
+// agent's status from the status stream, follows it live, holds the workstreams
+// with their allowed base statuses, and answers which agents may take a
+// workstream's work now.
+package router
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/presenced/presenced/events"
+)
+
+// Config configures a Router; zero values mean the defaults named.
+type Config struct {
+	// Prefix starts every subject. Default "presence".
+	Prefix string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Agent is what a router knows of an agent: its last status.
+type Agent struct {
+	AgentID    string            `json:"agentId"`
+	PresenceID string            `json:"presenceId"`
+	BaseStatus events.BaseStatus `json:"baseStatus"`
+	Since      time.Time         `json:"since"`
+	SignedIn   bool              `json:"-"`
+	Version    uint64            `json:"-"`
+}
+
+// ErrUnknownWorkstream is returned for a workstream never configured or removed.
+var ErrUnknownWorkstream = errors.New("unknown workstream")
+
+// Router holds the picture. Its methods are safe for concurrent use.
+type Router struct {
+	cfg  Config
+	subj events.Subjects
+	js   jetstream.JetStream
+	nc   *nats.Conn
+	log  *slog.Logger
+
+	mu          sync.RWMutex
+	agents      map[string]Agent
+	byStatus    map[events.BaseStatus]map[string]struct{} // signed-in agents only
+	workstreams map[string]events.Workstream
+
+	statusReady, wsReady atomic.Bool
+	lag                  atomic.Uint64
+}
+
+// New builds a router on nc; Run fills it.
+func New(nc *nats.Conn, cfg Config) (*Router, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = "presence"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	r := &Router{cfg: cfg, subj: events.Subjects{Prefix: cfg.Prefix}, js: js, nc: nc, log: cfg.Logger,
+		agents: map[string]Agent{}, byStatus: map[events.BaseStatus]map[string]struct{}{}, workstreams: map[string]events.Workstream{}}
+	return r, nil
+}
+
+// RoutingStream is the stream of workstream configuration, last message per workstream.
+func RoutingStream(prefix string) string {
+	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(prefix)) + "_ROUTING"
+}
+
+// EnsureRoutingStream creates the workstream stream if it is missing; routers and
+// admin tools both call it, so whichever starts first creates it.
+func EnsureRoutingStream(ctx context.Context, js jetstream.JetStream, prefix string) error {
+	name := RoutingStream(prefix)
+	if _, err := js.Stream(ctx, name); err == nil {
+		return nil
+	}
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:              name,
+		Description:       "presenced workstreams, last message per workstream",
+		Subjects:          []string{prefix + ".routing.workstream.*"},
+		MaxMsgsPerSubject: 1,
+		Storage:           jetstream.FileStorage,
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return fmt.Errorf("create stream %s: %w", name, err)
+	}
+	return nil
+}
+
+// Ready reports whether the snapshot of statuses and workstreams is loaded.
+func (r *Router) Ready() bool { return r.statusReady.Load() && r.wsReady.Load() }
+
+// Lag is how many status messages the router has still to read.
+func (r *Router) Lag() uint64 { return r.lag.Load() }
+
+// Run reads the last status of every agent and every workstream, then follows
+// both live until ctx ends.
+func (r *Router) Run(ctx context.Context) error {
+	if err := EnsureRoutingStream(ctx, r.js, r.cfg.Prefix); err != nil {
+		return err
+	}
+	statusStream := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(r.cfg.Prefix)) + "_STATUS"
+	stop1, err := r.follow(ctx, statusStream, r.cfg.Prefix+".status.>", &r.statusReady, true, r.onStatus)
+	if err != nil {
+		return err
+	}
+	defer stop1()
+	stop2, err := r.follow(ctx, RoutingStream(r.cfg.Prefix), r.cfg.Prefix+".routing.workstream.*", &r.wsReady, false, r.onWorkstream)
+	if err != nil {
+		return err
+	}
+	defer stop2()
+	<-ctx.Done()
+	return nil
+}
+
+// follow reads a stream's last message per subject and then every new one. The
+// ordered consumer recreates itself on gaps, so nothing is skipped.
+func (r *Router) follow(ctx context.Context, stream, filter string, ready *atomic.Bool, trackLag bool, apply func(jetstream.Msg)) (func(), error) {
+	cons, err := r.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("follow %s: %w", stream, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("follow %s: %w", stream, err)
+	}
+	if info.NumPending == 0 {
+		ready.Store(true)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		apply(m)
+		if meta, err := m.Metadata(); err == nil {
+			if trackLag {
+				r.lag.Store(meta.NumPending)
+			}
+			if meta.NumPending == 0 {
+				ready.Store(true)
+			}
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("follow %s: %w", stream, err)
+	}
+	return cc.Stop, nil
+}
+
+func (r *Router) onStatus(m jetstream.Msg) {
+	st, err := events.DecodeStatus(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+	if err != nil {
+		r.log.Warn("unreadable status event", "subject", m.Subject(), "err", err)
+		return
+	}
+	r.Apply(st)
+}
+
+// Apply takes a status into the picture unless the router already holds one at
+// least as new, and reports whether it did.
+func (r *Router) Apply(st events.StatusChanged) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur, ok := r.agents[st.AgentID]
+	if ok && cur.Version >= st.Version {
+		return false
+	}
+	if ok && cur.SignedIn {
+		delete(r.byStatus[cur.BaseStatus], cur.AgentID)
+	}
+	a := Agent{AgentID: st.AgentID, PresenceID: st.PresenceID, BaseStatus: st.BaseStatus, Since: st.Since, SignedIn: st.SignedIn, Version: st.Version}
+	r.agents[a.AgentID] = a
+	if a.SignedIn {
+		set := r.byStatus[a.BaseStatus]
+		if set == nil {
+			set = map[string]struct{}{}
+			r.byStatus[a.BaseStatus] = set
+		}
+		set[a.AgentID] = struct{}{}
+	}
+	return true
+}
+
+func (r *Router) onWorkstream(m jetstream.Msg) {
+	id := m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]
+	ws, removed, rej := events.DecodeWorkstream(m.Headers(), m.Data(), id)
+	if rej != nil {
+		r.log.Warn("ignoring invalid workstream event", "subject", m.Subject(), "code", rej.Code, "err", rej.Message)
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if removed {
+		delete(r.workstreams, id)
+		return
+	}
+	r.workstreams[id] = ws
+}
+
+// Agent returns what the router holds for an agent.
+func (r *Router) Agent(id string) (Agent, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a, ok := r.agents[id]
+	return a, ok
+}
+
+// Workstream returns a configured workstream.
+func (r *Router) Workstream(id string) (events.Workstream, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ws, ok := r.workstreams[id]
+	return ws, ok
+}
+
+// Eligible lists the signed-in agents whose base status the workstream allows,
+// longest in their presence first. It reads only the agents of the allowed
+// statuses, never all of them.
+func (r *Router) Eligible(workstreamID string) ([]Agent, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ws, ok := r.workstreams[workstreamID]
+	if !ok {
+		return nil, ErrUnknownWorkstream
+	}
+	var out []Agent
+	for _, b := range ws.AllowedBaseStatuses {
+		for id := range r.byStatus[b] {
+			out = append(out, r.agents[id])
+		}
+	}
+	slices.SortFunc(out, func(a, b Agent) int {
+		return cmp.Or(a.Since.Compare(b.Since), strings.Compare(a.AgentID, b.AgentID))
+	})
+	return out, nil
+}
+
+// EligibleReply is the reply of the eligibility query (contract §8).
+type EligibleReply struct {
+	WorkstreamID string  `json:"workstreamId"`
+	Agents       []Agent `json:"agents"`
+}
+
+// Serve answers the eligibility query subject until the subscription is drained.
+func (r *Router) Serve() (*nats.Subscription, error) {
+	prefix := r.subj.Eligible("")
+	return r.nc.QueueSubscribe(r.subj.Eligible("*"), "presence-router", func(m *nats.Msg) {
+		id := strings.TrimPrefix(m.Subject, prefix)
+		agents, err := r.Eligible(id)
+		if errors.Is(err, ErrUnknownWorkstream) {
+			reply := nats.NewMsg(m.Reply)
+			reply.Header.Set("Nats-Service-Error", "unknown workstream "+id)
+			reply.Header.Set("Nats-Service-Error-Code", "404")
+			_ = m.RespondMsg(reply)
+			return
+		}
+		if agents == nil {
+			agents = []Agent{}
+		}
+		b, _ := json.Marshal(EligibleReply{WorkstreamID: id, Agents: agents})
+		_ = m.Respond(b)
+	})
+}

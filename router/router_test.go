@@ -1,0 +1,240 @@
+package router_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/router"
+	"github.com/presenced/presenced/state"
+	"github.com/presenced/presenced/worker"
+)
+
+type setup struct {
+	t     *testing.T
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	redis *testenv.Redis
+	n     int
+}
+
+func newSetup(t *testing.T) *setup {
+	n := testenv.StartNATS(t)
+	s := &setup{t: t, nc: n.Conn(t), redis: testenv.StartRedis(t)}
+	s.js, _ = jetstream.New(s.nc)
+	store := state.NewRedis(redis.NewClient(&redis.Options{Addr: s.redis.Addr()}), state.RedisConfig{})
+	t.Cleanup(func() { _ = store.Close() })
+	w, err := worker.New(n.Conn(t), store, worker.Config{Partitions: 4,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}, nil, worker.Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "worker ready", func() bool { return w.Ready(context.Background()) == nil })
+	return s
+}
+
+// waitFor polls cond: the router offers no event for "caught up with X".
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *setup) publish(typ events.Type, agent string, data any) {
+	s.t.Helper()
+	s.n++
+	m, err := events.NewInput(events.Subjects{}, typ, agent, fmt.Sprintf("r-%d", s.n), "test", data)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *setup) workstream(typ events.Type, ws events.Workstream) {
+	s.t.Helper()
+	s.n++
+	m, err := events.NewWorkstreamEvent(events.Subjects{}, typ, ws, fmt.Sprintf("ws-%d", s.n), "test")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func startRouter(t *testing.T, nc *nats.Conn) *router.Router {
+	r, err := router.New(nc, router.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+func ids(agents []router.Agent) []string {
+	var out []string
+	for _, a := range agents {
+		out = append(out, a.AgentID)
+	}
+	return out
+}
+
+func TestEligibleFollowsStatusAndWorkstreams(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	if err := router.EnsureRoutingStream(context.Background(), s.js, "presence"); err != nil {
+		t.Fatal(err)
+	}
+	s.workstream(events.WorkstreamConfigured, events.Workstream{ID: "chat", Name: "Chat", AllowedBaseStatuses: []events.BaseStatus{events.Available, events.Busy}})
+	for _, a := range []string{"a-1", "a-2", "a-3", "a-4"} {
+		s.publish(events.AgentLogin, a, events.SessionData{})
+	}
+	s.publish(events.AgentPresenceSet, "a-3", events.PresenceSetData{PresenceID: "away"})
+	s.publish(events.NotificationMissed, "a-4", events.NotificationData{})
+
+	// A router that starts late rebuilds the picture from the streams.
+	r := startRouter(t, s.nc)
+	waitFor(t, "router ready", r.Ready)
+	waitFor(t, "a-4 inactive", func() bool { a, _ := r.Agent("a-4"); return a.PresenceID == "inactive" })
+	got, err := r.Eligible("chat")
+	if err != nil || fmt.Sprint(ids(got)) != "[a-1 a-2]" {
+		t.Fatalf("eligible = %v %v, want a-1 a-2 (longest in presence first)", ids(got), err)
+	}
+	if _, err := r.Eligible("voice"); err != router.ErrUnknownWorkstream {
+		t.Fatalf("unknown workstream: %v", err)
+	}
+
+	// Live: a-1 goes busy (still allowed, now the newest), a-2 logs out.
+	s.publish(events.AgentPresenceSet, "a-1", events.PresenceSetData{PresenceID: "busy"})
+	s.publish(events.AgentLogout, "a-2", events.SessionData{})
+	s.publish(events.AgentPresenceSet, "a-3", events.PresenceSetData{PresenceID: "available"})
+	waitFor(t, "a-2 offline", func() bool { a, _ := r.Agent("a-2"); return !a.SignedIn && a.Version == 2 })
+	waitFor(t, "a-3 available", func() bool { a, _ := r.Agent("a-3"); return a.PresenceID == "available" })
+	got, _ = r.Eligible("chat")
+	if fmt.Sprint(ids(got)) != "[a-1 a-3]" && fmt.Sprint(ids(got)) != "[a-3 a-1]" {
+		t.Fatalf("eligible = %v", ids(got))
+	}
+	if got[0].Since.After(got[1].Since) {
+		t.Fatalf("not longest first: %+v", got)
+	}
+
+	// The eligibility query subject.
+	sub, err := r.Serve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	m, err := s.nc.Request(events.Subjects{}.Eligible("chat"), nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply router.EligibleReply
+	if err := json.Unmarshal(m.Data, &reply); err != nil || reply.WorkstreamID != "chat" || len(reply.Agents) != 2 {
+		t.Fatalf("reply %s: %v", m.Data, err)
+	}
+	s.workstream(events.WorkstreamRemoved, events.Workstream{ID: "chat"})
+	waitFor(t, "chat removed", func() bool { _, ok := r.Workstream("chat"); return !ok })
+	m, err = s.nc.Request(events.Subjects{}.Eligible("chat"), nil, 5*time.Second)
+	if err != nil || m.Header.Get("Nats-Service-Error-Code") != "404" {
+		t.Fatalf("removed workstream: %v %v", m, err)
+	}
+}
+
+func TestOlderVersionNeverOverwrites(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	r := startRouter(t, s.nc)
+	waitFor(t, "router ready", r.Ready)
+	s.publish(events.AgentLogin, "o-1", events.SessionData{})
+	s.publish(events.AgentPresenceSet, "o-1", events.PresenceSetData{PresenceID: "busy"})
+	waitFor(t, "o-1 busy", func() bool { a, _ := r.Agent("o-1"); return a.Version == 2 })
+	if r.Apply(events.StatusChanged{AgentID: "o-1", PresenceID: "available", BaseStatus: events.Available, SignedIn: true, Version: 1}) {
+		t.Fatal("an older version was applied")
+	}
+	if a, _ := r.Agent("o-1"); a.PresenceID != "busy" {
+		t.Fatalf("agent = %+v", a)
+	}
+}
+
+// TestAgreesWithReadModel: after a burst of mixed events, the router's picture
+// equals the Redis read model for every agent.
+func TestAgreesWithReadModel(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	r := startRouter(t, s.nc)
+	const agents, total = 200, 2000
+	kinds := []func(i int) (events.Type, any){
+		func(int) (events.Type, any) { return events.AgentLogin, events.SessionData{} },
+		func(int) (events.Type, any) { return events.AgentPresenceSet, events.PresenceSetData{PresenceID: "busy"} },
+		func(i int) (events.Type, any) { return events.AgentCapacityChanged, events.CapacityData{Used: i % 3, Total: 2} },
+		func(int) (events.Type, any) { return events.NotificationMissed, events.NotificationData{} },
+		func(int) (events.Type, any) { return events.AgentPresenceSet, events.PresenceSetData{PresenceID: "available"} },
+		func(int) (events.Type, any) { return events.AgentLogout, events.SessionData{} },
+	}
+	for i := range total {
+		typ, data := kinds[(i*7/agents)%len(kinds)](i)
+		s.publish(typ, fmt.Sprintf("m-%d", i%agents), data)
+	}
+	rc := s.redis.Client(t)
+	ctx := context.Background()
+	check := func() error {
+		for i := range agents {
+			id := fmt.Sprintf("m-%d", i)
+			rm, err := rc.HGetAll(ctx, "presence:agent:{"+id+"}").Result()
+			if err != nil {
+				return err
+			}
+			a, ok := r.Agent(id)
+			if !ok || rm["presenceId"] != a.PresenceID || rm["version"] != fmt.Sprint(a.Version) || rm["signedIn"] != fmt.Sprint(a.SignedIn) {
+				return fmt.Errorf("%s: router %+v, read model %v", id, a, rm)
+			}
+		}
+		return nil
+	}
+	// Done means every partition consumer has handled everything.
+	drained := func() bool {
+		stream, err := s.js.Stream(ctx, "PRESENCE_IN")
+		if err != nil {
+			return false
+		}
+		n := 0
+		for name := range stream.ConsumerNames(ctx).Name() {
+			c, err := stream.Consumer(ctx, name)
+			if err != nil || c.CachedInfo().NumPending > 0 || c.CachedInfo().NumAckPending > 0 {
+				return false
+			}
+			n++
+		}
+		return n == 4
+	}
+	var last error
+	waitFor(t, "the worker to drain the input", drained)
+	waitFor(t, "router and read model to agree", func() bool { last = check(); return last == nil && r.Lag() == 0 })
+	if last != nil {
+		t.Fatal(last)
+	}
+}
