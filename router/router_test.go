@@ -119,7 +119,9 @@ func TestEligibleFollowsStatusAndWorkstreams(t *testing.T) {
 	// A router that starts late rebuilds the picture from the streams.
 	r := startRouter(t, s.nc)
 	waitFor(t, "router ready", r.Ready)
-	waitFor(t, "a-4 inactive", func() bool { a, _ := r.Agent("a-4"); return a.PresenceID == "inactive" })
+	for id, p := range map[string]string{"a-1": "available", "a-2": "available", "a-3": "away", "a-4": "inactive"} {
+		waitFor(t, id+" "+p, func() bool { a, _ := r.Agent(id); return a.PresenceID == p })
+	}
 	got, err := r.Eligible("chat")
 	if err != nil || fmt.Sprint(ids(got)) != "[a-1 a-2]" {
 		t.Fatalf("eligible = %v %v, want a-1 a-2 (longest in presence first)", ids(got), err)
@@ -189,10 +191,16 @@ func TestAgreesWithReadModel(t *testing.T) {
 	const agents, total = 200, 2000
 	kinds := []func(i int) (events.Type, any){
 		func(int) (events.Type, any) { return events.AgentLogin, events.SessionData{} },
-		func(int) (events.Type, any) { return events.AgentPresenceSet, events.PresenceSetData{PresenceID: "busy"} },
-		func(i int) (events.Type, any) { return events.AgentCapacityChanged, events.CapacityData{Used: i % 3, Total: 2} },
+		func(int) (events.Type, any) {
+			return events.AgentPresenceSet, events.PresenceSetData{PresenceID: "busy"}
+		},
+		func(i int) (events.Type, any) {
+			return events.AgentCapacityChanged, events.CapacityData{Used: i % 3, Total: 2}
+		},
 		func(int) (events.Type, any) { return events.NotificationMissed, events.NotificationData{} },
-		func(int) (events.Type, any) { return events.AgentPresenceSet, events.PresenceSetData{PresenceID: "available"} },
+		func(int) (events.Type, any) {
+			return events.AgentPresenceSet, events.PresenceSetData{PresenceID: "available"}
+		},
 		func(int) (events.Type, any) { return events.AgentLogout, events.SessionData{} },
 	}
 	for i := range total {
@@ -238,3 +246,9 @@ func TestAgreesWithReadModel(t *testing.T) {
 		t.Fatal(last)
 	}
 }
+
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
+func init() { redis.SetLogger(quietRedisLog{}) }
