@@ -347,11 +347,13 @@ func (pt *partition) handleConfig(ctx context.Context, it item) error {
 		w.metrics.events.WithLabelValues(string(ev.Type), "applied").Inc()
 	}
 	next.Config.Seq = ev.Seq
-	if err := w.finish(ctx, pt.p, out); err != nil {
-		return err
-	}
+	// Saved before the status changes go out, so a client that saw them finds the
+	// new configuration on the presences query.
 	if _, err := w.store.SaveConfig(ctx, next.Config); err != nil {
 		return fmt.Errorf("save config: %w", err)
+	}
+	if err := w.finish(ctx, pt.p, out); err != nil {
+		return err
 	}
 	return pt.savePartition(ctx, next)
 }
