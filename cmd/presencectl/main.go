@@ -5,8 +5,8 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
