@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/internal/workertest"
 	"github.com/presenced/presenced/router"
 	"github.com/presenced/presenced/state"
 	"github.com/presenced/presenced/worker"
@@ -34,16 +33,7 @@ func newSetup(t *testing.T) *setup {
 	s.js, _ = jetstream.New(s.nc)
 	store := state.NewRedis(redis.NewClient(&redis.Options{Addr: s.redis.Addr()}), state.RedisConfig{})
 	t.Cleanup(func() { _ = store.Close() })
-	w, err := worker.New(n.Conn(t), store, worker.Config{Partitions: 4,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}, nil, worker.Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "worker ready", func() bool { return w.Ready(context.Background()) == nil })
+	workertest.Start(t, n.Conn(t), store, worker.Config{Partitions: 4})
 	return s
 }
 

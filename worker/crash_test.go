@@ -18,7 +18,7 @@ import (
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/handlers"
-	"github.com/presenced/presenced/worker"
+	"github.com/presenced/presenced/internal/workertest"
 )
 
 var buildOnce struct {
@@ -227,27 +227,7 @@ func TestTwoReplicas(t *testing.T) {
 // startWorkerCancelable starts a replica and returns a function that stops it.
 func (e *env) startWorkerCancelable() func() {
 	e.t.Helper()
-	cfg := testConfig(e.t)
-	nc := e.nats.Conn(e.t)
-	store := newRedisStore(e)
-	w, err := worker.New(nc, store, cfg, nil, worker.Hooks{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	e.waitReady(w)
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				e.t.Errorf("worker: %v", err)
-			}
-		})
-	}
-	e.t.Cleanup(stop)
+	_, stop := workertest.Start(e.t, e.nats.Conn(e.t), newRedisStore(e), testConfig(e.t))
 	return stop
 }
 

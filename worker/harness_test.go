@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/internal/workertest"
 	"github.com/presenced/presenced/state"
 	"github.com/presenced/presenced/worker"
 )
@@ -40,11 +39,9 @@ type env struct {
 // testConfig makes failures readable: logs name the test, and
 // PRESENCED_TEST_LOG=debug shows everything.
 func testConfig(t *testing.T) worker.Config {
-	level := slog.LevelWarn
-	_ = level.UnmarshalText([]byte(os.Getenv("PRESENCED_TEST_LOG")))
 	return worker.Config{
 		Partitions: 4, LeaseTTL: 2 * time.Second, SweepInterval: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("test", t.Name()),
+		Logger: workertest.Logger(t),
 	}
 }
 
@@ -73,21 +70,7 @@ func (e *env) startWorker(mutate ...func(*worker.Config)) *worker.Worker {
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	store := newRedisStore(e)
-	w, err := worker.New(e.nats.Conn(e.t), store, cfg, nil, worker.Hooks{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("worker: %v", err)
-		}
-	})
-	e.waitReady(w)
+	w, _ := workertest.Start(e.t, e.nats.Conn(e.t), newRedisStore(e), cfg)
 	if e.status == nil {
 		e.status = e.collect()
 	}

@@ -4,14 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/internal/workertest"
 	"github.com/presenced/presenced/state"
 	"github.com/presenced/presenced/worker"
 )
@@ -24,18 +23,7 @@ type ctl struct {
 
 func newCtl(t *testing.T) *ctl {
 	n := testenv.StartNATS(t)
-	w, err := worker.New(n.Conn(t), state.NewMemory(), worker.Config{Partitions: 2, SweepInterval: 100 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}, nil, worker.Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	for w.Ready(context.Background()) != nil {
-		time.Sleep(10 * time.Millisecond) // polling the readiness probe
-	}
+	workertest.Start(t, n.Conn(t), state.NewMemory(), worker.Config{Partitions: 2, SweepInterval: 100 * time.Millisecond})
 	return &ctl{t: t, url: n.ClientURL()}
 }
 
