@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -23,97 +24,85 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/presenced/presenced/internal/cli"
+	"github.com/presenced/presenced/router"
 	"github.com/presenced/presenced/state"
 	"github.com/presenced/presenced/worker"
 )
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout); err != nil {
+	if err := run(context.Background(), os.Args[1:], os.LookupEnv, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "presenced:", err)
 		os.Exit(1)
 	}
 }
 
 type options struct {
-	natsURL, natsListen, dataDir string
-	redisURL, redisPrefix        string
-	prefix, source, httpAddr     string
-	partitions, batch            int
-	dedupe, leaseTTL             time.Duration
-	logLevel, logFormat          string
-	explicit                     map[string]bool
+	nats                        cli.NATS
+	logging                     cli.Logging
+	natsListen, dataDir         string
+	redis                       cli.Redis
+	redisPrefix                 string
+	prefix, source, httpAddr    string
+	partitions, batch, replicas int
+	dedupe, leaseTTL            time.Duration
+	checkpointEvery             time.Duration
+	checkpointInputs            int
+	agentMetrics                bool
+	otlpEndpoint                string
+	explicit                    map[string]bool
 }
 
 // parse reads flags, each defaulting to its PRESENCED_* environment variable.
-func parse(args []string, getenv func(string) string) (options, error) {
+func parse(args []string, env cli.Env) (options, error) {
 	var o options
-	fs := flag.NewFlagSet("presenced", flag.ContinueOnError)
-	env := func(name, def string) string {
-		if v := getenv("PRESENCED_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); v != "" {
-			return v
-		}
-		return def
-	}
-	str := func(p *string, name, def, usage string) {
-		fs.StringVar(p, name, env(name, def), usage+" (env PRESENCED_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_"))+")")
-	}
-	str(&o.natsURL, "nats-url", "", "NATS server URL; empty starts an embedded server")
-	str(&o.natsListen, "nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens (port 0: any free port)")
-	str(&o.dataDir, "data-dir", "presenced-data", "directory of the embedded NATS server's JetStream store")
-	str(&o.redisURL, "redis-url", "", "Redis URL (redis://host:port/db); empty keeps state in memory")
-	str(&o.redisPrefix, "redis-prefix", "presence", "prefix of every Redis key")
-	str(&o.prefix, "subject-prefix", "presence", "prefix of every NATS subject")
-	str(&o.source, "source", "presenced", "CloudEvents source of published events, the same on every replica")
-	str(&o.httpAddr, "http-addr", "127.0.0.1:8080", "address of /healthz, /readyz and /metrics (empty: off)")
-	str(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	str(&o.logFormat, "log-format", "text", "text or json")
-	var partitions, batch, dedupe, lease string
-	str(&partitions, "partitions", "16", "input partitions; fixed once the input stream exists")
-	str(&batch, "batch-size", "500", "most messages one partition handles in one step")
-	str(&dedupe, "dedupe-window", "2m", "how long a repeated event source+id has no effect")
-	str(&lease, "lease-ttl", "10s", "how long a crashed replica's partitions stay owned")
-	if err := fs.Parse(args); err != nil {
+	f := cli.NewFlags("presenced", "", env)
+	o.nats = cli.AddNATS(f, "")
+	o.logging = cli.AddLogging(f)
+	natsListen := f.String("nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens, when --nats-url is empty (port 0: any free port)")
+	dataDir := f.String("data-dir", "presenced-data", "directory of the embedded NATS server's JetStream store")
+	o.redis = cli.AddRedis(f)
+	redisPrefix := f.String("redis-prefix", "presence", "prefix of every Redis key")
+	prefix := f.String("subject-prefix", "presence", "prefix of every NATS subject")
+	source := f.String("source", "presenced", "CloudEvents source of published events, the same on every replica")
+	httpAddr := f.String("http-addr", "127.0.0.1:8080", "address of /healthz, /readyz and /metrics (empty: off)")
+	partitions := f.Int("partitions", 16, 1, "input partitions; fixed once the input stream exists")
+	batch := f.Int("batch-size", 500, 1, "most messages one partition handles in one step")
+	dedupe := f.Duration("dedupe-window", 2*time.Minute, time.Second, "how long a repeated event source+id has no effect")
+	replicas := f.Int("stream-replicas", 1, 1, "replicas of every stream and bucket presenced creates (3 on a NATS cluster)")
+	agentMetrics := f.Bool("agent-metrics", true, "export presenced_agents{base_status} on /metrics by following the status stream (each replica then holds every agent's last status in memory)")
+	otlp := f.String("otlp-endpoint", "", "OTLP/HTTP endpoint spans are sent to, e.g. http://localhost:4318 (empty: no spans; traceparent is still carried from inputs to status events)")
+	lease := f.Duration("lease-ttl", 10*time.Second, time.Second, "how long a crashed replica's partitions stay owned")
+	ckEvery := f.Duration("checkpoint-interval", 30*time.Second, 100*time.Millisecond, "longest time between a busy partition's checkpoints (durable copies a takeover or a rebuild replays from)")
+	ckInputs := f.Int("checkpoint-inputs", 20000, 1, "inputs a partition handles between checkpoints at most: bounds what a takeover or a rebuild replays")
+	if err := f.Parse(args); err != nil {
 		return o, err
 	}
+	o.natsListen, o.dataDir, o.redisPrefix = *natsListen, *dataDir, *redisPrefix
+	o.prefix, o.source, o.httpAddr = *prefix, *source, *httpAddr
+	o.partitions, o.batch, o.dedupe, o.leaseTTL, o.replicas = *partitions, *batch, *dedupe, *lease, *replicas
+	o.checkpointEvery, o.checkpointInputs = *ckEvery, *ckInputs
+	o.agentMetrics, o.otlpEndpoint = *agentMetrics, *otlp
+	if u, err := url.Parse(o.otlpEndpoint); o.otlpEndpoint != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+		return o, fmt.Errorf("--otlp-endpoint %q: give an http(s) URL such as http://localhost:4318", o.otlpEndpoint)
+	}
 	o.explicit = map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { o.explicit[f.Name] = true })
+	f.Visit(func(fl *flag.Flag) { o.explicit[fl.Name] = true })
 	for _, name := range []string{"nats-listen", "http-addr"} {
-		if getenv("PRESENCED_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_"))) != "" {
+		if f.IsSet(name) {
 			o.explicit[name] = true
 		}
 	}
-	var err error
-	if o.partitions, err = strconv.Atoi(partitions); err != nil || o.partitions < 1 {
-		return o, fmt.Errorf("--partitions %q: give a whole number of at least 1", partitions)
-	}
-	if o.batch, err = strconv.Atoi(batch); err != nil || o.batch < 1 {
-		return o, fmt.Errorf("--batch-size %q: give a whole number of at least 1", batch)
-	}
-	if o.dedupe, err = time.ParseDuration(dedupe); err != nil || o.dedupe <= 0 {
-		return o, fmt.Errorf("--dedupe-window %q: give a duration such as 2m", dedupe)
-	}
-	if o.leaseTTL, err = time.ParseDuration(lease); err != nil || o.leaseTTL < time.Second {
-		return o, fmt.Errorf("--lease-ttl %q: give a duration of at least 1s, such as 10s", lease)
+	if _, err := o.nats.Options(); err != nil {
+		return o, err
 	}
 	return o, nil
-}
-
-func newLogger(o options, out *os.File) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", o.logLevel)
-	}
-	hopts := &slog.HandlerOptions{Level: level}
-	switch o.logFormat {
-	case "text":
-		return slog.New(slog.NewTextHandler(out, hopts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(out, hopts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: use text or json", o.logFormat)
 }
 
 // listenAddr checks that addr is free. A default address that is taken falls
@@ -167,66 +156,97 @@ func startEmbeddedNATS(o options, log *slog.Logger) (*server.Server, error) {
 	return ns, nil
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string, stdout *os.File) error {
-	o, err := parse(args, getenv)
+func run(ctx context.Context, args []string, env cli.Env, stdout *os.File) error {
+	o, err := parse(args, env)
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(o, stdout)
+	log, err := o.logging.Logger(stdout)
 	if err != nil {
 		return err
 	}
+	cli.TuneGC(env)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	natsURL := o.natsURL
-	if natsURL == "" {
+	if *o.nats.URL == "" {
 		ns, err := startEmbeddedNATS(o, log)
 		if err != nil {
 			return err
 		}
 		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-		natsURL = ns.ClientURL()
-		log.Info("embedded NATS server with JetStream started: connect with nats --server "+natsURL, "url", natsURL, "store", filepath.Join(o.dataDir, "jetstream"))
+		*o.nats.URL = ns.ClientURL()
+		log.Info("embedded NATS server with JetStream started: connect with nats --server "+ns.ClientURL(), "url", ns.ClientURL(), "store", filepath.Join(o.dataDir, "jetstream"))
 	}
-	nc, err := nats.Connect(natsURL, nats.Name("presenced"), nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
-		nats.ReconnectHandler(func(*nats.Conn) { log.Info("NATS reconnected") }))
+	nc, err := o.nats.Connect("presenced", log)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w (is the server running? leave --nats-url empty for an embedded one)", natsURL, err)
+		return fmt.Errorf("%w (leave --nats-url empty for an embedded server)", err)
 	}
 	defer nc.Close()
 
 	var store state.Store
-	if o.redisURL == "" {
+	if *o.redis.URL == "" {
 		log.Warn("NO REDIS: state is kept IN MEMORY in this process only; it does not survive a restart and cannot be shared by replicas. Pass --redis-url redis://host:6379/0 for production.")
 		store = state.NewMemory()
 	} else {
-		ropts, err := redis.ParseURL(o.redisURL)
+		rc, where, err := o.redis.Client()
 		if err != nil {
-			return fmt.Errorf("--redis-url: %w (expected redis://[user:password@]host:port/db)", err)
+			return err
 		}
-		rc := redis.NewClient(ropts)
 		store = state.NewRedis(rc, state.RedisConfig{Prefix: o.redisPrefix})
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err = store.Ping(pctx)
 		cancel()
 		if err != nil {
-			log.Warn("Redis not reachable yet; events wait until it is", "addr", ropts.Addr, "err", err)
+			log.Warn("Redis not reachable yet; events wait until it is", "redis", where, "err", err)
 		} else {
-			log.Info("state in Redis", "addr", ropts.Addr, "prefix", o.redisPrefix)
+			log.Info("state in Redis", "redis", where, "prefix", o.redisPrefix)
 		}
 	}
 	defer store.Close()
+
+	tracer, stopTracing, err := tracing(ctx, o.otlpEndpoint, o.source)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := worker.New(nc, store, worker.Config{
 		Prefix: o.prefix, Source: o.source, Partitions: o.partitions, BatchSize: o.batch,
-		DedupeWindow: o.dedupe, LeaseTTL: o.leaseTTL, Logger: log,
-	}, reg, faultHooks(getenv, log))
+		DedupeWindow: o.dedupe, LeaseTTL: o.leaseTTL, StreamReplicas: o.replicas, Logger: log, Tracer: tracer,
+		CheckpointInterval: o.checkpointEvery, CheckpointInputs: o.checkpointInputs,
+	}, reg, faultHooks(env, log))
 	if err != nil {
 		return err
+	}
+
+	if o.agentMetrics {
+		// The status stream already holds every agent's last status; following it
+		// gives exact counts whichever replica owns which partition.
+		view, err := router.New(nc, router.Config{Prefix: o.prefix, Logger: log})
+		if err != nil {
+			return err
+		}
+		reg.MustRegister(router.NewAgentsCollector(view, "presenced_agents"))
+		vctx, cancel := context.WithCancel(ctx)
+		viewDone := make(chan struct{})
+		go func() {
+			defer close(viewDone)
+			// The view starts once the worker has created the streams it follows.
+			for w.Ready(vctx) != nil {
+				select {
+				case <-vctx.Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			if err := view.Run(vctx); err != nil && vctx.Err() == nil {
+				log.Warn("agent metrics off: status stream not followed", "err", err)
+			}
+		}()
+		defer func() { cancel(); <-viewDone }()
 	}
 
 	if o.httpAddr != "" {
@@ -258,27 +278,38 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return nil
 }
 
-func httpHandler(w *worker.Worker, reg *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+// tracing returns the tracer spans go through: OTLP/HTTP to endpoint, or none.
+func tracing(ctx context.Context, endpoint, source string) (trace.Tracer, func(), error) {
+	if endpoint == "" {
+		return nil, func() {}, nil
+	}
+	// A collector's base URL gets the traces path, as OTEL_EXPORTER_OTLP_ENDPOINT does.
+	if u, err := url.Parse(endpoint); err == nil && strings.Trim(u.Path, "/") == "" {
+		endpoint = strings.TrimSuffix(endpoint, "/") + "/v1/traces"
+	}
+	exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(endpoint))
+	if err != nil {
+		return nil, nil, fmt.Errorf("--otlp-endpoint %s: %w (give a URL such as http://localhost:4318)", endpoint, err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(
+		resource.NewSchemaless(attribute.String("service.name", "presenced"), attribute.String("service.instance.id", source))))
+	return tp.Tracer("github.com/presenced/presenced/worker"), func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := w.Ready(ctx); err != nil {
-			http.Error(rw, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = rw.Write([]byte("ready\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	return mux
+		_ = tp.Shutdown(sctx) // flushes the spans still batched
+	}, nil
+}
+
+func httpHandler(w *worker.Worker, reg *prometheus.Registry) http.Handler {
+	return cli.HealthHandler(w.Ready, reg)
 }
 
 // faultHooks lets a test kill the process at a precise point with
 // PRESENCED_FAULT_KILL_AFTER_COMMITS=n: after the n-th state commit, before its
 // status changes are published, the process sends itself SIGKILL.
-func faultHooks(getenv func(string) string, log *slog.Logger) worker.Hooks {
-	n, err := strconv.Atoi(getenv("PRESENCED_FAULT_KILL_AFTER_COMMITS"))
+func faultHooks(env cli.Env, log *slog.Logger) worker.Hooks {
+	v, _ := env("PRESENCED_FAULT_KILL_AFTER_COMMITS")
+	n, err := strconv.Atoi(v)
 	if err != nil || n <= 0 {
 		return worker.Hooks{}
 	}

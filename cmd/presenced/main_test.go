@@ -2,16 +2,19 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +23,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/internal/cli"
+	"github.com/presenced/presenced/internal/testenv"
 )
 
 func build(t *testing.T) string {
@@ -34,7 +39,25 @@ func build(t *testing.T) string {
 type proc struct {
 	cmd              *exec.Cmd
 	natsURL, httpURL string
-	output           *strings.Builder
+	output           *lockedBuilder
+}
+
+// lockedBuilder is the process's whole output, read while it is written.
+type lockedBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuilder) WriteString(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(s)
+}
+
+func (l *lockedBuilder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 var (
@@ -56,7 +79,7 @@ func start(t *testing.T, bin, dataDir string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, output: &strings.Builder{}}
+	p := &proc{cmd: cmd, output: &lockedBuilder{}}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
@@ -77,7 +100,11 @@ func start(t *testing.T, bin, dataDir string, args ...string) *proc {
 			p.httpURL = m[1]
 		}
 	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
+	go func() {
+		for lines.Scan() {
+			p.output.WriteString(lines.Text() + "\n")
+		}
+	}()
 	return p
 }
 
@@ -124,6 +151,27 @@ func TestZeroSetup(t *testing.T) {
 			t.Fatalf("%s: %d", path, code)
 		}
 	}
+	resp, err := http.Get(p.httpURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	for _, want := range []string{
+		`presenced_events_total{outcome="applied",type="agent.login"} 1`,
+		`presenced_status_published_total 1`,
+		`presenced_partitions_owned 16`,
+		`presenced_consumer_pending{partition=`,
+		`presenced_event_latency_seconds_count 1`,
+		`presenced_redeliveries_total 0`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	// Counted from the status stream, which the metrics view reads on its own.
+	awaitMetric(t, p.httpURL, `presenced_agents{base_status="available"} 1`)
+	awaitMetric(t, p.httpURL, `presenced_agents{base_status="offline"} 0`)
 	nc.Close()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -195,20 +243,141 @@ func TestPortInUse(t *testing.T) {
 
 func TestBadFlags(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"--partitions", "zero"}, {"--dedupe-window", "soon"}, {"--log-format", "xml"}} {
-		err := run(context.Background(), args, func(string) string { return "" }, os.Stdout)
+	for _, args := range [][]string{{"--partitions", "zero"}, {"--dedupe-window", "soon"}, {"--log-format", "xml"}, {"--otlp-endpoint", "localhost:4318"}} {
+		err := run(context.Background(), args, cli.NoEnv, os.Stdout)
 		if err == nil || !strings.Contains(err.Error(), args[0]) {
 			t.Errorf("%v: error %v should name the flag", args, err)
 		}
 	}
-	o, err := parse(nil, func(k string) string {
-		return map[string]string{"PRESENCED_SUBJECT_PREFIX": "acme.presence", "PRESENCED_PARTITIONS": "8"}[k]
+	o, err := parse(nil, func(k string) (string, bool) {
+		v, ok := map[string]string{"PRESENCED_SUBJECT_PREFIX": "acme.presence", "PRESENCED_PARTITIONS": "8",
+			"PRESENCED_HTTP_ADDR": "", "PRESENCED_BATCH_SIZE": ""}[k]
+		return v, ok
 	})
+	// Set but empty: a string turns off (or clears) what it names; a number keeps its default.
+	if err == nil && (o.httpAddr != "" || !o.explicit["http-addr"] || o.batch != 500) {
+		t.Fatalf("empty variables: http-addr %q (explicit %v), batch size %d", o.httpAddr, o.explicit["http-addr"], o.batch)
+	}
 	if err != nil || o.prefix != "acme.presence" || o.partitions != 8 {
 		t.Fatalf("env not read: %+v %v", o, err)
 	}
-	o, _ = parse([]string{"--partitions", "3"}, func(k string) string { return map[string]string{"PRESENCED_PARTITIONS": "8"}[k] })
+	o, _ = parse([]string{"--partitions", "3"}, func(k string) (string, bool) {
+		v, ok := map[string]string{"PRESENCED_PARTITIONS": "8"}[k]
+		return v, ok
+	})
 	if o.partitions != 3 {
 		t.Fatalf("flag should win over env: %d", o.partitions)
+	}
+}
+
+// awaitMetric scrapes /metrics until a line starts with want.
+func awaitMetric(t *testing.T, base, want string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		for _, l := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(l, want) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics has no %s:\n%s", want, body)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a scrape endpoint
+	}
+}
+
+// TestRedisACLAndNoSecretLogged: the worker reaches a Redis that requires an
+// ACL user through the credentials in its URL; with a wrong password it stays
+// not ready and says why; the password never appears in its output.
+func TestRedisACLAndNoSecretLogged(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cret-Pa55"
+	rd := testenv.StartRedis(t, testenv.WithArgs("--user", "default", "off", "--user", "presenced", "on", ">"+secret, "~*", "&*", "+@all"))
+	bin := build(t)
+	url := "redis://presenced:" + secret + "@" + rd.Addr() + "/0"
+
+	good := start(t, bin, t.TempDir(), "--redis-url", url)
+	deadline := time.Now().Add(20 * time.Second)
+	for getStatus(t, good.httpURL+"/readyz") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready with the right ACL user:\n%s", good.output)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the readiness probe
+	}
+
+	bad := start(t, bin, t.TempDir(), "--redis-url", "redis://presenced:wrong-"+secret+"@"+rd.Addr()+"/0", "--nats-listen", "127.0.0.1:0")
+	deadline = time.Now().Add(20 * time.Second)
+	for !strings.Contains(bad.output.String(), "WRONGPASS") {
+		if time.Now().After(deadline) {
+			t.Fatalf("a wrong Redis password is not reported:\n%s", bad.output)
+		}
+		time.Sleep(50 * time.Millisecond) // the log has no completion event
+	}
+	if code := getStatus(t, bad.httpURL+"/readyz"); code == http.StatusOK {
+		t.Fatal("ready with a wrong Redis password")
+	}
+	awaitMetric(t, bad.httpURL, `presenced_backend_errors_total{backend="redis",op=`)
+	for _, p := range []*proc{good, bad} {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		_ = p.cmd.Wait()
+		if strings.Contains(p.output.String(), secret) {
+			t.Fatalf("the Redis password was logged:\n%s", p.output)
+		}
+	}
+}
+
+// TestSpansExported: with --otlp-endpoint, a traced input's span reaches the
+// collector over OTLP/HTTP (flushed at the latest by the graceful shutdown).
+func TestSpansExported(t *testing.T) {
+	t.Parallel()
+	got := make(chan string, 16)
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		// The protobuf payload holds the span name as plain bytes.
+		if bytes.Contains(body, []byte("presenced agent.login")) {
+			got <- r.URL.Path + " " + r.Header.Get("Content-Type")
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer collector.Close()
+
+	bin := build(t)
+	p := start(t, bin, t.TempDir(), "--otlp-endpoint", collector.URL)
+	nc, err := nats.Connect(p.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitReady(t, p.httpURL)
+	js, _ := jetstream.New(nc)
+	m, err := events.NewInput(events.Subjects{}, events.AgentLogin, "s-1", "s-login", "test", events.SessionData{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Header.Set("ce-traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	queryUntilFound(t, nc, "s-1")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("SIGTERM should exit 0: %v\n%s", err, p.output)
+	}
+	select {
+	case req := <-got:
+		if req != "/v1/traces application/x-protobuf" {
+			t.Fatalf("collector got %s", req)
+		}
+	default:
+		t.Fatalf("no span of the login reached the collector:\n%s", p.output)
 	}
 }

@@ -1,0 +1,88 @@
+package cli
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is how a command reaches Redis: one server or a cluster, with
+// credentials in the URL and optional TLS material.
+type Redis struct {
+	URL                    *string
+	cluster                *bool
+	tlsCert, tlsKey, tlsCA *string
+}
+
+// AddRedis defines --redis-url, --redis-cluster and the Redis TLS flags.
+func AddRedis(f *Flags) Redis {
+	return Redis{
+		URL:     f.SecretURL("redis-url", "", "Redis `URL`: redis://[user:password@]host:port/db, rediss:// for TLS; with --redis-cluster, redis://host:port?addr=host2:port&addr=host3:port; empty keeps state in memory"),
+		cluster: f.Bool("redis-cluster", false, "the URL names Redis Cluster nodes"),
+		tlsCert: f.String("redis-tls-cert", "", "client certificate for Redis TLS (with --redis-tls-key)"),
+		tlsKey:  f.String("redis-tls-key", "", "client key for Redis TLS"),
+		tlsCA:   f.String("redis-tls-ca", "", "CA certificate that signed the Redis server's certificate"),
+	}
+}
+
+// Client builds the client the flags describe and a description of it with no
+// secret in it, for logs.
+func (r Redis) Client() (redis.UniversalClient, string, error) {
+	if (*r.tlsCert == "") != (*r.tlsKey == "") {
+		return nil, "", errors.New("--redis-tls-cert and --redis-tls-key go together: give both")
+	}
+	if *r.cluster {
+		opts, err := redis.ParseClusterURL(*r.URL)
+		if err != nil {
+			return nil, "", fmt.Errorf("--redis-url %s: %w (expected redis://[user:password@]host:port?addr=host2:port&addr=host3:port)", Redact(*r.URL), err)
+		}
+		if err := r.tls(&opts.TLSConfig, strings.HasPrefix(*r.URL, "rediss://")); err != nil {
+			return nil, "", err
+		}
+		return redis.NewClusterClient(opts), "cluster " + strings.Join(opts.Addrs, ","), nil
+	}
+	opts, err := redis.ParseURL(*r.URL)
+	if err != nil {
+		return nil, "", fmt.Errorf("--redis-url %s: %w (expected redis://[user:password@]host:port/db)", Redact(*r.URL), err)
+	}
+	if err := r.tls(&opts.TLSConfig, strings.HasPrefix(*r.URL, "rediss://")); err != nil {
+		return nil, "", err
+	}
+	return redis.NewClient(opts), opts.Addr, nil
+}
+
+func (r Redis) tls(cfg **tls.Config, secure bool) error {
+	if *r.tlsCert == "" && *r.tlsCA == "" {
+		return nil
+	}
+	if !secure {
+		return errors.New("--redis-tls-* flags need a rediss:// URL")
+	}
+	if *cfg == nil {
+		*cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if *r.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*r.tlsCert, *r.tlsKey)
+		if err != nil {
+			return fmt.Errorf("--redis-tls-cert/--redis-tls-key: %w", err)
+		}
+		(*cfg).Certificates = []tls.Certificate{cert}
+	}
+	if *r.tlsCA != "" {
+		pem, err := os.ReadFile(*r.tlsCA)
+		if err != nil {
+			return fmt.Errorf("--redis-tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--redis-tls-ca %s: no PEM certificate in it", *r.tlsCA)
+		}
+		(*cfg).RootCAs = pool
+	}
+	return nil
+}
