@@ -3,44 +3,57 @@ package state
 import (
 	"encoding/json"
 	"fmt"
-	"strconv"
+	"slices"
 	"time"
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/handlers"
 )
 
-// Both stores share the encoding and rules below, so they behave identically:
-// Memory keeps the same JSON that Redis keeps and decodes it on every read, which
-// also makes every value it returns a deep copy.
+// Both stores share the rules below, so they behave identically.
 
 // maxExact is the first integer a float64 (a Lua number, a ZSET score) cannot hold
 // exactly next to its neighbour; sequences and versions must stay below it.
 const maxExact = 1 << 53
 
 // checkCommits validates a Commit call before anything is written.
-func checkCommits(commits []Commit, window time.Duration) error {
-	if window < 0 {
-		return fmt.Errorf("commit: negative dedupe window %v", window)
-	}
+func checkCommits(commits []Commit, index []IndexEntry) error {
+	seen := make(map[string]bool, len(commits))
 	for i, c := range commits {
 		if err := checkAgentID(c.Agent.ID); err != nil {
 			return fmt.Errorf("commit %d: %w", i, err)
 		}
-		if c.Agent.AppliedSeq >= maxExact || c.Agent.Version >= maxExact {
-			return fmt.Errorf("commit %d (agent %s): appliedSeq %d / version %d must stay below 2^53",
-				i, c.Agent.ID, c.Agent.AppliedSeq, c.Agent.Version)
+		if seen[c.Agent.ID] {
+			return fmt.Errorf("commit %d: agent %s is committed twice in one call", i, c.Agent.ID)
 		}
-		if c.DedupeKey != "" && c.DedupeAt.IsZero() {
-			return fmt.Errorf("commit %d (agent %s): dedupe key %q without DedupeAt", i, c.Agent.ID, c.DedupeKey)
+		seen[c.Agent.ID] = true
+		if c.Agent.AppliedSeq == 0 {
+			return fmt.Errorf("commit %d (agent %s): appliedSeq must be at least 1", i, c.Agent.ID)
 		}
-		for _, o := range c.Outbox {
-			if o.Status.Version >= maxExact {
-				return fmt.Errorf("commit %d (agent %s): outbox version %d must stay below 2^53", i, c.Agent.ID, o.Status.Version)
-			}
+		if c.Agent.AppliedSeq >= maxExact || c.Agent.Version >= maxExact || c.Expect >= maxExact {
+			return fmt.Errorf("commit %d (agent %s): appliedSeq %d / version %d / expect %d must stay below 2^53",
+				i, c.Agent.ID, c.Agent.AppliedSeq, c.Agent.Version, c.Expect)
+		}
+	}
+	for i, e := range index {
+		if err := checkAgentID(e.AgentID); err != nil {
+			return fmt.Errorf("index entry %d: %w", i, err)
 		}
 	}
 	return nil
+}
+
+// checkPublished validates a DropOutbox call and returns its agents sorted.
+func checkPublished(published map[string]uint64) ([]string, error) {
+	ids := make([]string, 0, len(published))
+	for id := range published {
+		if err := checkAgentID(id); err != nil {
+			return nil, fmt.Errorf("drop outbox: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids, nil
 }
 
 // stored is the state a commit writes: the tombstone for a removed agent.
@@ -51,41 +64,12 @@ func stored(c Commit) handlers.Agent {
 	return c.Agent
 }
 
-// readModel returns the fields of the public read-model hash, in the order the
-// commit script takes them, or nil when the agent has no read model.
-func readModel(a handlers.Agent) []string {
-	if !a.HasStatus() {
-		return nil
-	}
-	return []string{
-		"presenceId", a.PresenceID,
-		"name", a.Name,
-		"text", a.Text,
-		"baseStatus", string(a.BaseStatus),
-		"signedIn", strconv.FormatBool(a.SignedIn),
-		"since", a.Since.UTC().Format(time.RFC3339Nano),
-		"version", strconv.FormatUint(a.Version, 10),
-	}
-}
-
 func decodeAgent(b []byte) (handlers.Agent, error) {
 	var a handlers.Agent
 	if err := json.Unmarshal(b, &a); err != nil {
 		return a, fmt.Errorf("decode agent state: %w", err)
 	}
 	return a, nil
-}
-
-func decodeOutgoing(b []byte) (Outgoing, error) {
-	var o Outgoing
-	if err := json.Unmarshal(b, &o); err != nil {
-		return o, fmt.Errorf("decode outbox entry: %w", err)
-	}
-	// Status.TraceParent is not part of the JSON; it is the entry's TraceParent.
-	if o.Status.TraceParent == "" {
-		o.Status.TraceParent = o.TraceParent
-	}
-	return o, nil
 }
 
 // decodeConfig decodes a stored configuration; Custom is never nil so callers can
@@ -101,9 +85,9 @@ func decodeConfig(b []byte) (handlers.Config, error) {
 	return c, nil
 }
 
-// decodePartition decodes a stored partition record; Config.Custom and Seen are
-// never nil.
-func decodePartition(b []byte) (Partition, error) {
+// DecodePartition decodes a partition record (as stored, or as kept durably in
+// JetStream); Config.Custom and Seen are never nil.
+func DecodePartition(b []byte) (Partition, error) {
 	var p Partition
 	if err := json.Unmarshal(b, &p); err != nil {
 		return p, fmt.Errorf("decode partition record: %w", err)
@@ -112,7 +96,8 @@ func decodePartition(b []byte) (Partition, error) {
 	return p, nil
 }
 
-func newPartition() Partition {
+// NewPartition is the record of a partition nothing was written for.
+func NewPartition() Partition {
 	p := Partition{Config: handlers.NewConfig()}
 	normalizePartition(&p)
 	return p
@@ -127,9 +112,6 @@ func normalizePartition(p *Partition) {
 	}
 }
 
-// dedupeScore is the ZSET score of a dedupe key recorded at t.
-func dedupeScore(t time.Time) int64 { return t.UnixMilli() }
-
 // leaseScore is the ZSET score of a lease deadline: rounded up to the millisecond,
 // so an agent is never due before its deadline.
 func leaseScore(t time.Time) int64 {
@@ -143,3 +125,19 @@ func leaseScore(t time.Time) int64 {
 // nowScore is the highest lease score due at now: rounded down to the
 // millisecond (UnixMilli floors).
 func nowScore(t time.Time) int64 { return t.UnixMilli() }
+
+// mergeSeen returns the saved dedupe entries followed by those added since that
+// are not among them, in time order.
+func mergeSeen(saved, added []Seen) []Seen {
+	if len(added) == 0 {
+		return saved
+	}
+	out := append([]Seen(nil), saved...)
+	for _, e := range added {
+		if !slices.ContainsFunc(saved, func(s Seen) bool { return s.Key == e.Key && s.At.Equal(e.At) }) {
+			out = append(out, e)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Seen) int { return a.At.Compare(b.At) })
+	return out
+}

@@ -19,16 +19,20 @@ type Keys struct {
 	Prefix string
 }
 
-// Agent is the public read model of an agent, a HASH (contract §5).
+// Agent is the public read model of an agent, a HASH (contract §5), which also
+// holds the worker's own fields of an agent with a status (layout.go).
 func (k Keys) Agent(agentID string) string { return k.Prefix + ":agent:{" + agentID + "}" }
 
-// State is the worker's full state of an agent, JSON of handlers.Agent.
+// State is the state of an agent without a status (a tombstone, an agent only
+// configured so far), JSON of handlers.Agent.
 func (k Keys) State(agentID string) string { return k.Prefix + ":state:{" + agentID + "}" }
 
-// Seen is the ZSET of an agent's recorded dedupe keys scored by DedupeAt (unix ms).
+// Seen is the STRING of an agent's dedupe entries as of the last checkpoint
+// (24 bytes each), expiring when the newest of them leaves the window.
 func (k Keys) Seen(agentID string) string { return k.Prefix + ":seen:{" + agentID + "}" }
 
-// Outbox is the ZSET of an agent's unpublished status changes scored by version.
+// Outbox is the STRING of an agent's status changes of its last commit (JSON),
+// until they are published.
 func (k Keys) Outbox(agentID string) string { return k.Prefix + ":outbox:{" + agentID + "}" }
 
 // Partition is the record of input partition p, JSON of Partition.
@@ -40,9 +44,10 @@ func (k Keys) Config() string { return k.Prefix + ":config" }
 // Leases is the ZSET of partition p's agents scored by earliest lease deadline (unix ms).
 func (k Keys) Leases(p int) string { return k.Prefix + ":leases:{p" + strconv.Itoa(p) + "}" }
 
-// Members is the SET of partition p's agents indexed under presenceID.
-func (k Keys) Members(p int, presenceID string) string {
-	return k.Prefix + ":members:{p" + strconv.Itoa(p) + "}:" + presenceID
+// Members is the SET of partition p's agents indexed under name (a custom
+// presence they are in, or default:<presence> for their own default).
+func (k Keys) Members(p int, name string) string {
+	return k.Prefix + ":members:{p" + strconv.Itoa(p) + "}:" + name
 }
 
 // HashTag returns what Redis Cluster hashes for key: the content of the first

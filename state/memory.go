@@ -13,9 +13,10 @@ import (
 )
 
 // Memory is a Store in process memory, for running without Redis and for tests.
-// It keeps the same JSON the Redis store keeps and follows the same rules
-// (dedupe pruning, outbox order, lease rounding), so the conformance suite holds
-// for both; every value it returns is freshly decoded, never shared.
+// It keeps what the Redis store keeps, encoded the same way, and follows the same
+// rules (compare-and-set, outbox replacement, lease rounding, expiring dedupe
+// entries), so the conformance suite holds for both; every value it returns is
+// freshly decoded, never shared.
 type Memory struct {
 	mu         sync.Mutex
 	agents     map[string]*memAgent
@@ -23,14 +24,16 @@ type Memory struct {
 	config     []byte // nil: none saved
 	configSeq  uint64
 	leases     map[int]map[string]int64           // partition -> agent -> lease score
-	members    map[int]map[string]map[string]bool // partition -> presence -> agents
+	members    map[int]map[string]map[string]bool // partition -> index name -> agents
+	now        func() time.Time
 }
 
 type memAgent struct {
 	state      []byte // JSON of handlers.Agent
 	appliedSeq uint64
-	seen       map[string]int64  // dedupe key -> DedupeAt unix ms
-	outbox     map[string]uint64 // JSON of Outgoing -> version
+	outbox     []byte
+	seen       []byte
+	seenExpire time.Time
 }
 
 var _ Store = (*Memory)(nil)
@@ -42,171 +45,210 @@ func NewMemory() *Memory {
 		partitions: map[int][]byte{},
 		leases:     map[int]map[string]int64{},
 		members:    map[int]map[string]map[string]bool{},
+		now:        time.Now,
 	}
 }
 
+func (m *Memory) agent(id string) *memAgent {
+	a := m.agents[id]
+	if a == nil {
+		a = &memAgent{}
+		m.agents[id] = a
+	}
+	return a
+}
+
 // Load implements Store.
-func (m *Memory) Load(ctx context.Context, reqs []LoadRequest) ([]Snapshot, error) {
+func (m *Memory) Load(ctx context.Context, ids []string) ([]Record, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("load: %w", err)
 	}
-	for _, r := range reqs {
-		if err := checkAgentID(r.AgentID); err != nil {
+	for _, id := range ids {
+		if err := checkAgentID(id); err != nil {
 			return nil, fmt.Errorf("load: %w", err)
 		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]Snapshot, len(reqs))
-	for i, r := range reqs {
-		s := Snapshot{Agent: handlers.Agent{ID: r.AgentID}, Seen: map[string]bool{}}
-		a := m.agents[r.AgentID]
-		if a != nil {
+	out := make([]Record, len(ids))
+	for i, id := range ids {
+		rec := Record{Agent: handlers.Agent{ID: id}}
+		if a := m.agents[id]; a != nil {
 			var err error
-			if s.Agent, err = decodeAgent(a.state); err != nil {
-				return nil, fmt.Errorf("load %s: %w", r.AgentID, err)
-			}
-			for _, k := range r.DedupeKeys {
-				if _, ok := a.seen[k]; ok {
-					s.Seen[k] = true
+			if a.state != nil {
+				if rec.Agent, err = decodeAgent(a.state); err != nil {
+					return nil, fmt.Errorf("load %s: %w", id, err)
 				}
 			}
-			members := make([]string, 0, len(a.outbox))
-			for k := range a.outbox {
-				members = append(members, k)
-			}
-			// ZSET order: by score, then by member bytes.
-			slices.SortFunc(members, func(x, y string) int {
-				return cmp.Or(cmp.Compare(a.outbox[x], a.outbox[y]), cmp.Compare(x, y))
-			})
-			for _, k := range members {
-				o, err := decodeOutgoing([]byte(k))
-				if err != nil {
-					return nil, fmt.Errorf("load %s: %w", r.AgentID, err)
+			if a.seen != nil && a.seenExpire.After(m.now()) {
+				if rec.Seen, err = DecodeSeen(a.seen); err != nil {
+					return nil, fmt.Errorf("load %s: %w", id, err)
 				}
-				s.Outbox = append(s.Outbox, o)
+			}
+			if a.outbox != nil {
+				rec.HasOutbox = true
+				var added []Seen
+				if rec.Outbox, added, err = decodeOutbox(a.outbox); err != nil {
+					return nil, fmt.Errorf("load %s: %w", id, err)
+				}
+				rec.Seen = mergeSeen(rec.Seen, added)
 			}
 		}
-		out[i] = s
+		out[i] = rec
 	}
 	return out, nil
 }
 
 // Commit implements Store.
-func (m *Memory) Commit(ctx context.Context, commits []Commit, dedupeWindow time.Duration) ([]bool, error) {
+func (m *Memory) Commit(ctx context.Context, p int, commits []Commit, index []IndexEntry) ([]bool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
-	if err := checkCommits(commits, dedupeWindow); err != nil {
+	if err := checkCommits(commits, index); err != nil {
 		return nil, err
 	}
-	// Encode everything first so a failure writes nothing.
-	type enc struct {
-		state  []byte
-		outbox [][]byte
+	type prepared struct {
+		state, outbox []byte
 	}
-	encs := make([]enc, len(commits))
+	prep := make([]prepared, len(commits))
 	for i, c := range commits {
 		b, err := json.Marshal(stored(c))
 		if err != nil {
 			return nil, fmt.Errorf("commit %s: encode state: %w", c.Agent.ID, err)
 		}
-		encs[i].state = b
-		for _, o := range c.Outbox {
-			ob, err := json.Marshal(o)
-			if err != nil {
-				return nil, fmt.Errorf("commit %s: encode outbox entry: %w", c.Agent.ID, err)
-			}
-			encs[i].outbox = append(encs[i].outbox, ob)
-		}
+		prep[i] = prepared{b, encodeOutbox(c.Outbox, c.Seen)}
 	}
-
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	committed := make(map[string]bool, len(commits))
 	applied := make([]bool, len(commits))
 	for i, c := range commits {
-		a := m.agents[c.Agent.ID]
-		var cur uint64 // an agent never committed counts as appliedSeq 0
-		if a != nil {
-			cur = a.appliedSeq
+		a := m.agent(c.Agent.ID)
+		committed[c.Agent.ID] = true
+		ok := a.appliedSeq == c.Expect
+		if c.Restore {
+			ok = a.appliedSeq < c.Agent.AppliedSeq
 		}
-		if cur >= c.Agent.AppliedSeq {
+		if !ok {
 			continue
 		}
-		if a == nil {
-			a = &memAgent{seen: map[string]int64{}, outbox: map[string]uint64{}}
-			m.agents[c.Agent.ID] = a
-		}
-		a.state, a.appliedSeq = encs[i].state, c.Agent.AppliedSeq
-		if c.DedupeKey != "" {
-			a.seen[c.DedupeKey] = dedupeScore(c.DedupeAt)
-			var newest int64
-			first := true
-			for _, at := range a.seen {
-				if first || at > newest {
-					newest, first = at, false
-				}
-			}
-			cutoff := newest - dedupeWindow.Milliseconds()
-			for k, at := range a.seen {
-				if at < cutoff {
-					delete(a.seen, k)
-				}
-			}
-		}
-		for j, ob := range encs[i].outbox {
-			a.outbox[string(ob)] = c.Outbox[j].Status.Version
+		a.state, a.appliedSeq = prep[i].state, c.Agent.AppliedSeq
+		switch {
+		case len(prep[i].outbox) > 0:
+			a.outbox = prep[i].outbox
+		case c.DropOutbox || c.Restore || c.Removed:
+			a.outbox = nil
 		}
 		applied[i] = true
+	}
+	for _, e := range index {
+		m.index(p, e)
 	}
 	return applied, nil
 }
 
-// AckOutbox implements Store.
-func (m *Memory) AckOutbox(ctx context.Context, upTo map[string]uint64) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("ack outbox: %w", err)
-	}
-	for id := range upTo {
-		if err := checkAgentID(id); err != nil {
-			return fmt.Errorf("ack outbox: %w", err)
+func (m *Memory) index(p int, e IndexEntry) {
+	if e.Lease {
+		if m.leases[p] == nil {
+			m.leases[p] = map[string]int64{}
 		}
+		if e.Deadline.IsZero() {
+			delete(m.leases[p], e.AgentID)
+		} else {
+			m.leases[p][e.AgentID] = leaseScore(e.Deadline)
+		}
+	}
+	if m.members[p] == nil {
+		m.members[p] = map[string]map[string]bool{}
+	}
+	if e.From != "" && e.From != e.To {
+		delete(m.members[p][e.From], e.AgentID)
+	}
+	if e.To != "" {
+		if m.members[p][e.To] == nil {
+			m.members[p][e.To] = map[string]bool{}
+		}
+		m.members[p][e.To][e.AgentID] = true
+	}
+}
+
+// DropOutbox implements Store.
+func (m *Memory) DropOutbox(ctx context.Context, published map[string]uint64) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("drop outbox: %w", err)
+	}
+	if _, err := checkPublished(published); err != nil {
+		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for id, v := range upTo {
-		a := m.agents[id]
-		if a == nil {
-			continue
-		}
-		for k, ver := range a.outbox {
-			if ver <= v {
-				delete(a.outbox, k)
-			}
+	for id, seq := range published {
+		if a := m.agents[id]; a != nil && a.appliedSeq == seq {
+			a.outbox = nil
 		}
 	}
 	return nil
 }
 
+// SaveSeen implements Store.
+func (m *Memory) SaveSeen(ctx context.Context, seen map[string][]Seen, expire map[string]time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("save dedupe entries: %w", err)
+	}
+	for id := range seen {
+		if err := checkAgentID(id); err != nil {
+			return fmt.Errorf("save dedupe entries: %w", err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, entries := range seen {
+		a := m.agent(id)
+		if len(entries) == 0 || !expire[id].After(m.now()) {
+			a.seen, a.seenExpire = nil, time.Time{}
+			continue
+		}
+		a.seen, a.seenExpire = EncodeSeen(entries), expire[id]
+	}
+	return nil
+}
+
+// Verify implements Store.
+func (m *Memory) Verify(ctx context.Context, seqs map[string]uint64) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var bad []string
+	for id, want := range seqs {
+		var have uint64
+		if a := m.agents[id]; a != nil {
+			have = a.appliedSeq
+		}
+		if have != want {
+			bad = append(bad, id)
+		}
+	}
+	slices.Sort(bad)
+	return bad, nil
+}
+
 // Agent implements Store.
 func (m *Memory) Agent(ctx context.Context, agentID string) (handlers.Agent, error) {
 	if err := ctx.Err(); err != nil {
-		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, err)
+		return handlers.Agent{}, fmt.Errorf("agent: %w", err)
 	}
 	if err := checkAgentID(agentID); err != nil {
 		return handlers.Agent{}, fmt.Errorf("agent: %w", err)
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	a := m.agents[agentID]
-	var b []byte
-	if a != nil {
-		b = a.state
-	}
-	m.mu.Unlock()
-	if b == nil {
+	if a == nil || a.state == nil {
 		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, ErrNotFound)
 	}
-	ag, err := decodeAgent(b)
+	ag, err := decodeAgent(a.state)
 	if err != nil {
 		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, err)
 	}
@@ -217,21 +259,21 @@ func (m *Memory) Agent(ctx context.Context, agentID string) (handlers.Agent, err
 }
 
 // LoadPartition implements Store.
-func (m *Memory) LoadPartition(ctx context.Context, p int) (Partition, error) {
+func (m *Memory) LoadPartition(ctx context.Context, p int) (Partition, bool, error) {
 	if err := ctx.Err(); err != nil {
-		return Partition{}, fmt.Errorf("load partition %d: %w", p, err)
+		return Partition{}, false, fmt.Errorf("load partition %d: %w", p, err)
 	}
 	m.mu.Lock()
-	b := m.partitions[p]
+	b, ok := m.partitions[p]
 	m.mu.Unlock()
-	if b == nil {
-		return newPartition(), nil
+	if !ok {
+		return NewPartition(), false, nil
 	}
-	rec, err := decodePartition(b)
+	rec, err := DecodePartition(b)
 	if err != nil {
-		return Partition{}, fmt.Errorf("load partition %d: %w", p, err)
+		return Partition{}, false, fmt.Errorf("load partition %d: %w", p, err)
 	}
-	return rec, nil
+	return rec, true, nil
 }
 
 // SwapPartition implements Store.
@@ -246,12 +288,12 @@ func (m *Memory) SwapPartition(ctx context.Context, p int, old, rec Partition) (
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var cur Partition
-	if m.partitions[p] != nil {
-		if cur, err = decodePartition(m.partitions[p]); err != nil {
+	if raw, ok := m.partitions[p]; ok {
+		if cur, err = DecodePartition(raw); err != nil {
 			return false, fmt.Errorf("swap partition %d: %w", p, err)
 		}
 	}
-	if cur.Marker != old.Marker || cur.Floor < old.Floor || cur.Config.Seq < old.Config.Seq {
+	if cur.Marker != old.Marker || cur.Seq != old.Seq {
 		return false, nil
 	}
 	m.partitions[p] = b
@@ -276,7 +318,7 @@ func (m *Memory) Config(ctx context.Context) (handlers.Config, error) {
 	return c, nil
 }
 
-// SaveConfig implements Store. The first configuration saved is always stored.
+// SaveConfig implements Store.
 func (m *Memory) SaveConfig(ctx context.Context, cfg handlers.Config) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, fmt.Errorf("save config: %w", err)
@@ -297,89 +339,48 @@ func (m *Memory) SaveConfig(ctx context.Context, cfg handlers.Config) (bool, err
 	return true, nil
 }
 
-// Index implements Store.
-func (m *Memory) Index(ctx context.Context, p int, entries []IndexEntry) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("index partition %d: %w", p, err)
-	}
-	for _, e := range entries {
-		if err := checkAgentID(e.AgentID); err != nil {
-			return fmt.Errorf("index partition %d: %w", p, err)
-		}
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, e := range entries {
-		if e.Deadline.IsZero() {
-			delete(m.leases[p], e.AgentID)
-		} else {
-			if m.leases[p] == nil {
-				m.leases[p] = map[string]int64{}
-			}
-			m.leases[p][e.AgentID] = leaseScore(e.Deadline)
-		}
-		if e.From != "" && e.From != e.To {
-			if set := m.members[p][e.From]; set != nil {
-				delete(set, e.AgentID)
-				if len(set) == 0 {
-					delete(m.members[p], e.From)
-				}
-			}
-		}
-		if e.To != "" {
-			if m.members[p] == nil {
-				m.members[p] = map[string]map[string]bool{}
-			}
-			if m.members[p][e.To] == nil {
-				m.members[p][e.To] = map[string]bool{}
-			}
-			m.members[p][e.To][e.AgentID] = true
-		}
-	}
-	return nil
-}
-
-// DueAgents implements Store. A limit <= 0 means no limit. Agents come in deadline
-// order, ties by id.
+// DueAgents implements Store.
 func (m *Memory) DueAgents(ctx context.Context, p int, now time.Time, limit int) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("due agents of partition %d: %w", p, err)
 	}
-	due := nowScore(now)
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	max := nowScore(now)
 	var ids []string
 	for id, score := range m.leases[p] {
-		if score <= due {
+		if score <= max {
 			ids = append(ids, id)
 		}
 	}
-	slices.SortFunc(ids, func(x, y string) int {
-		return cmp.Or(cmp.Compare(m.leases[p][x], m.leases[p][y]), cmp.Compare(x, y))
-	})
-	m.mu.Unlock()
+	leases := m.leases[p]
+	slices.SortFunc(ids, func(a, b string) int { return cmp.Or(cmp.Compare(leases[a], leases[b]), cmp.Compare(a, b)) })
 	if limit > 0 && len(ids) > limit {
 		ids = ids[:limit]
+	}
+	if len(ids) == 0 {
+		return nil, nil
 	}
 	return ids, nil
 }
 
-// AgentsIn implements Store. The ids come sorted.
-func (m *Memory) AgentsIn(ctx context.Context, p int, presenceID string) ([]string, error) {
+// AgentsIn implements Store.
+func (m *Memory) AgentsIn(ctx context.Context, p int, name string) ([]string, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("agents of partition %d in %q: %w", p, presenceID, err)
+		return nil, fmt.Errorf("agents of partition %d in %q: %w", p, name, err)
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	var ids []string
-	for id := range m.members[p][presenceID] {
+	for id := range m.members[p][name] {
 		ids = append(ids, id)
 	}
-	m.mu.Unlock()
 	slices.Sort(ids)
 	return ids, nil
 }
 
-// Ping implements Store; memory is always reachable.
+// Ping implements Store.
 func (m *Memory) Ping(ctx context.Context) error { return nil }
 
-// Close implements Store; it keeps the data.
+// Close implements Store.
 func (m *Memory) Close() error { return nil }

@@ -22,25 +22,35 @@ var (
 	saveConfigSource string
 	//go:embed lua/swap_partition.lua
 	swapPartitionSource string
+	//go:embed lua/drop_outbox.lua
+	dropOutboxSource string
 
 	commitScript        = redis.NewScript(commitSource)
 	saveConfigScript    = redis.NewScript(saveConfigSource)
 	swapPartitionScript = redis.NewScript(swapPartitionSource)
+	dropOutboxScript    = redis.NewScript(dropOutboxSource)
 )
 
 // RedisConfig configures the Redis store.
 type RedisConfig struct {
 	// Prefix starts every key; default "presence". It must not contain braces.
 	Prefix string
+	// CommitChunk is how many agents one commit script writes at most, on a
+	// Redis that is not a cluster (a cluster takes one agent per script, as its
+	// keys live in one slot per agent). Default 250: large enough to spread the
+	// script's fixed cost, small enough not to hold the server for long.
+	CommitChunk int
 }
 
 // Redis is a Store in Redis (standalone, Sentinel or Cluster). The key layout is
-// described by Keys; every atomic step is one Lua script over keys of one hash
-// tag, and the per-agent work of one call goes out as one pipeline.
+// described by Keys; every atomic step is one Lua script over one agent's keys,
+// and the work of one call goes out as one pipeline.
 type Redis struct {
-	client redis.UniversalClient
-	keys   Keys
-	err    error // a bad configuration, returned by every call
+	client  redis.UniversalClient
+	keys    Keys
+	chunk   int
+	cluster bool
+	err     error // a bad configuration, returned by every call
 }
 
 var _ Store = (*Redis)(nil)
@@ -51,172 +61,307 @@ func NewRedis(client redis.UniversalClient, cfg RedisConfig) *Redis {
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
 	}
-	return &Redis{client: client, keys: Keys{Prefix: cfg.Prefix}, err: checkPrefix(cfg.Prefix)}
+	if cfg.CommitChunk <= 0 {
+		cfg.CommitChunk = 250
+	}
+	_, cluster := client.(*redis.ClusterClient)
+	if cluster {
+		cfg.CommitChunk = 1
+	}
+	return &Redis{client: client, keys: Keys{Prefix: cfg.Prefix}, chunk: cfg.CommitChunk, cluster: cluster, err: checkPrefix(cfg.Prefix)}
 }
 
 // Keys returns the key names the store uses.
 func (r *Redis) Keys() Keys { return r.keys }
 
-// Load implements Store: one pipeline for all requests.
-func (r *Redis) Load(ctx context.Context, reqs []LoadRequest) ([]Snapshot, error) {
+// Load implements Store: one pipeline for all agents.
+func (r *Redis) Load(ctx context.Context, ids []string) ([]Record, error) {
 	if r.err != nil {
 		return nil, fmt.Errorf("load: %w", r.err)
 	}
-	for _, q := range reqs {
-		if err := checkAgentID(q.AgentID); err != nil {
+	for _, id := range ids {
+		if err := checkAgentID(id); err != nil {
 			return nil, fmt.Errorf("load: %w", err)
 		}
 	}
-	if len(reqs) == 0 {
-		return []Snapshot{}, nil
+	if len(ids) == 0 {
+		return []Record{}, nil
 	}
 	type cmds struct {
-		state  *redis.StringCmd
-		seen   *redis.Cmd
-		outbox *redis.StringSliceCmd
+		hash             *redis.MapStringStringCmd
+		state, out, seen *redis.StringCmd
 	}
-	cs := make([]cmds, len(reqs))
+	cs := make([]cmds, len(ids))
 	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, q := range reqs {
-			cs[i].state = p.Get(ctx, r.keys.State(q.AgentID))
-			if len(q.DedupeKeys) > 0 {
-				args := make([]any, 0, 2+len(q.DedupeKeys))
-				args = append(args, "ZMSCORE", r.keys.Seen(q.AgentID))
-				for _, k := range q.DedupeKeys {
-					args = append(args, k)
-				}
-				cs[i].seen = p.Do(ctx, args...)
-			}
-			cs[i].outbox = p.ZRange(ctx, r.keys.Outbox(q.AgentID), 0, -1)
+		for i, id := range ids {
+			cs[i].hash = p.HGetAll(ctx, r.keys.Agent(id))
+			cs[i].state = p.Get(ctx, r.keys.State(id))
+			cs[i].out = p.Get(ctx, r.keys.Outbox(id))
+			cs[i].seen = p.Get(ctx, r.keys.Seen(id))
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("load %d agents: %w", len(reqs), err)
+		return nil, fmt.Errorf("load %d agents: %w", len(ids), err)
 	}
-	out := make([]Snapshot, len(reqs))
-	for i, q := range reqs {
-		s := Snapshot{Agent: handlers.Agent{ID: q.AgentID}, Seen: map[string]bool{}}
-		b, err := cs[i].state.Bytes()
-		switch {
-		case errors.Is(err, redis.Nil):
-		case err != nil:
-			return nil, fmt.Errorf("load %s: %w", q.AgentID, err)
-		default:
-			if s.Agent, err = decodeAgent(b); err != nil {
-				return nil, fmt.Errorf("load %s: %w", q.AgentID, err)
-			}
-		}
-		if cs[i].seen != nil {
-			scores, err := cs[i].seen.Slice()
-			if err != nil {
-				return nil, fmt.Errorf("load %s: dedupe keys: %w", q.AgentID, err)
-			}
-			for j, sc := range scores {
-				if sc != nil && j < len(q.DedupeKeys) {
-					s.Seen[q.DedupeKeys[j]] = true
-				}
-			}
-		}
-		members, err := cs[i].outbox.Result()
+	out := make([]Record, len(ids))
+	for i, id := range ids {
+		rec := Record{Agent: handlers.Agent{ID: id}}
+		a, found, err := readAgent(id, cs[i].hash, cs[i].state)
 		if err != nil {
-			return nil, fmt.Errorf("load %s: outbox: %w", q.AgentID, err)
+			return nil, fmt.Errorf("load %s: %w", id, err)
 		}
-		for _, m := range members {
-			o, err := decodeOutgoing([]byte(m))
-			if err != nil {
-				return nil, fmt.Errorf("load %s: %w", q.AgentID, err)
+		if found {
+			rec.Agent = a
+		}
+		journal, err := optional(cs[i].out)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: outbox: %w", id, err)
+		}
+		saved, err := optional(cs[i].seen)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: dedupe entries: %w", id, err)
+		}
+		if rec.Seen, err = DecodeSeen(saved); err != nil {
+			return nil, fmt.Errorf("load %s: %w", id, err)
+		}
+		if journal != nil {
+			rec.HasOutbox = true
+			var added []Seen
+			if rec.Outbox, added, err = decodeOutbox(journal); err != nil {
+				return nil, fmt.Errorf("load %s: %w", id, err)
 			}
-			s.Outbox = append(s.Outbox, o)
+			rec.Seen = mergeSeen(rec.Seen, added)
 		}
-		out[i] = s
+		out[i] = rec
 	}
 	return out, nil
 }
 
-// Commit implements Store: one commit script per commit, all in one pipeline,
-// run in order. After an error some commits may have been applied; repeating the
-// call then reports them as not applied (their AppliedSeq is stored already).
-func (r *Redis) Commit(ctx context.Context, commits []Commit, dedupeWindow time.Duration) ([]bool, error) {
+// optional reads a string that may be missing.
+func optional(c *redis.StringCmd) ([]byte, error) {
+	b, err := c.Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return b, err
+}
+
+// commitArgs appends the script arguments of one commit.
+func (r *Redis) commitArgs(keys []string, args []any, c Commit) ([]string, []any, error) {
+	st := stored(c)
+	id := c.Agent.ID
+	keys = append(keys, r.keys.Agent(id), r.keys.State(id), r.keys.Outbox(id))
+	flags := make([]byte, 0, 4)
+	if c.Restore {
+		flags = append(flags, 'r')
+	}
+	var stateJSON []byte
+	var before *handlers.Agent // nil: every field is written
+	if st.HasStatus() {
+		if c.Before != nil && c.Before.HasStatus() && !c.Restore && !c.Removed {
+			before = c.Before
+		} else {
+			flags = append(flags, 'H')
+			if c.Before == nil || c.Before.AppliedSeq > 0 {
+				flags = append(flags, 'S') // a state key may be left from before the first status
+			}
+		}
+		flags = append(flags, 'h')
+	} else {
+		b, err := json.Marshal(st)
+		if err != nil {
+			return nil, nil, fmt.Errorf("commit %s: encode state: %w", id, err)
+		}
+		stateJSON = b
+		flags = append(flags, 's')
+	}
+	outbox := encodeOutbox(c.Outbox, c.Seen)
+	if len(outbox) > 0 {
+		flags = append(flags, 'o')
+	} else if c.DropOutbox || c.Restore || c.Removed {
+		flags = append(flags, 'O')
+	}
+	head := len(args)
+	args = append(args, strconv.FormatUint(c.Expect, 10), strconv.FormatUint(st.AppliedSeq, 10), string(flags), nil)
+	m := 0
+	if st.HasStatus() {
+		args, m = appendFields(args, before, st)
+	}
+	args[head+3] = strconv.Itoa(m)
+	if stateJSON != nil {
+		args = append(args, stateJSON)
+	}
+	if len(outbox) > 0 {
+		args = append(args, outbox)
+	}
+	return keys, args, nil
+}
+
+// Commit implements Store: the commits go out in scripts of up to CommitChunk
+// agents, followed by the index updates, all in one pipeline.
+func (r *Redis) Commit(ctx context.Context, p int, commits []Commit, index []IndexEntry) ([]bool, error) {
 	if r.err != nil {
 		return nil, fmt.Errorf("commit: %w", r.err)
 	}
-	if err := checkCommits(commits, dedupeWindow); err != nil {
+	if err := checkCommits(commits, index); err != nil {
 		return nil, err
 	}
-	calls := make([]scriptCall, len(commits))
-	for i, c := range commits {
-		st := stored(c)
-		b, err := json.Marshal(st)
-		if err != nil {
-			return nil, fmt.Errorf("commit %s: encode state: %w", c.Agent.ID, err)
-		}
-		id := c.Agent.ID
-		args := make([]any, 0, 14+2*len(c.Outbox))
-		args = append(args, strconv.FormatUint(st.AppliedSeq, 10), b)
-		if rm := readModel(st); rm != nil {
-			args = append(args, "1")
-			for j := 1; j < len(rm); j += 2 {
-				args = append(args, rm[j])
+	var calls []scriptCall
+	for start := 0; start < len(commits); start += r.chunk {
+		end := min(start+r.chunk, len(commits))
+		keys := make([]string, 0, 3*(end-start))
+		args := make([]any, 0, 1+12*(end-start))
+		args = append(args, strconv.Itoa(end-start))
+		for _, c := range commits[start:end] {
+			var err error
+			if keys, args, err = r.commitArgs(keys, args, c); err != nil {
+				return nil, err
 			}
-		} else {
-			args = append(args, "0", "", "", "", "", "", "", "")
 		}
-		var at int64
-		if c.DedupeKey != "" {
-			at = dedupeScore(c.DedupeAt)
-		}
-		args = append(args, c.DedupeKey, strconv.FormatInt(at, 10), strconv.FormatInt(dedupeWindow.Milliseconds(), 10),
-			strconv.Itoa(len(c.Outbox)))
-		for _, o := range c.Outbox {
-			ob, err := json.Marshal(o)
-			if err != nil {
-				return nil, fmt.Errorf("commit %s: encode outbox entry: %w", id, err)
-			}
-			args = append(args, strconv.FormatUint(o.Status.Version, 10), ob)
-		}
-		calls[i] = scriptCall{
-			keys: []string{r.keys.State(id), r.keys.Agent(id), r.keys.Seen(id), r.keys.Outbox(id)},
-			args: args,
-		}
+		calls = append(calls, scriptCall{keys: keys, args: args, n: end - start})
 	}
-	cmds, err := r.runScripts(ctx, commitScript, calls)
+	cmds, err := r.runScripts(ctx, commitScript, calls, func(pl redis.Pipeliner) { r.queueIndex(ctx, pl, p, index) })
 	if err != nil {
 		return nil, fmt.Errorf("commit %d agents: %w", len(commits), err)
 	}
-	applied := make([]bool, len(commits))
+	applied := make([]bool, 0, len(commits))
 	for i, cmd := range cmds {
-		n, err := cmd.Int()
-		if err != nil {
-			return nil, fmt.Errorf("commit %s: %w", commits[i].Agent.ID, err)
+		res, err := cmd.Int64Slice()
+		if err != nil || len(res) != calls[i].n {
+			return nil, fmt.Errorf("commit: unexpected script reply %v: %w", cmd.Val(), err)
 		}
-		applied[i] = n == 1
+		for _, v := range res {
+			applied = append(applied, v == 1)
+		}
 	}
 	return applied, nil
 }
 
-// AckOutbox implements Store: one pipeline for all agents.
-func (r *Redis) AckOutbox(ctx context.Context, upTo map[string]uint64) error {
-	if r.err != nil {
-		return fmt.Errorf("ack outbox: %w", r.err)
-	}
-	for id := range upTo {
-		if err := checkAgentID(id); err != nil {
-			return fmt.Errorf("ack outbox: %w", err)
+func (r *Redis) queueIndex(ctx context.Context, pl redis.Pipeliner, p int, index []IndexEntry) {
+	leases := r.keys.Leases(p)
+	for _, e := range index {
+		if e.Lease {
+			if e.Deadline.IsZero() {
+				pl.ZRem(ctx, leases, e.AgentID)
+			} else {
+				pl.ZAdd(ctx, leases, redis.Z{Score: float64(leaseScore(e.Deadline)), Member: e.AgentID})
+			}
+		}
+		if e.From != "" && e.From != e.To {
+			pl.SRem(ctx, r.keys.Members(p, e.From), e.AgentID)
+		}
+		if e.To != "" {
+			pl.SAdd(ctx, r.keys.Members(p, e.To), e.AgentID)
 		}
 	}
-	if len(upTo) == 0 {
+}
+
+// DropOutbox implements Store: scripts of up to CommitChunk agents in one pipeline.
+func (r *Redis) DropOutbox(ctx context.Context, published map[string]uint64) error {
+	if r.err != nil {
+		return fmt.Errorf("drop outbox: %w", r.err)
+	}
+	ids, err := checkPublished(published)
+	if err != nil {
+		return err
+	}
+	var calls []scriptCall
+	for start := 0; start < len(ids); start += r.chunk {
+		end := min(start+r.chunk, len(ids))
+		keys := make([]string, 0, 3*(end-start))
+		args := make([]any, 0, end-start)
+		for _, id := range ids[start:end] {
+			keys = append(keys, r.keys.Agent(id), r.keys.State(id), r.keys.Outbox(id))
+			args = append(args, strconv.FormatUint(published[id], 10))
+		}
+		calls = append(calls, scriptCall{keys: keys, args: args, n: end - start})
+	}
+	if _, err := r.runScripts(ctx, dropOutboxScript, calls, func(redis.Pipeliner) {}); err != nil {
+		return fmt.Errorf("drop outbox of %d agents: %w", len(ids), err)
+	}
+	return nil
+}
+
+// SaveSeen implements Store.
+func (r *Redis) SaveSeen(ctx context.Context, seen map[string][]Seen, expire map[string]time.Time) error {
+	if r.err != nil {
+		return fmt.Errorf("save dedupe entries: %w", r.err)
+	}
+	for id := range seen {
+		if err := checkAgentID(id); err != nil {
+			return fmt.Errorf("save dedupe entries: %w", err)
+		}
+	}
+	if len(seen) == 0 {
 		return nil
 	}
-	if _, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for id, v := range upTo {
-			p.ZRemRangeByScore(ctx, r.keys.Outbox(id), "-inf", strconv.FormatUint(v, 10))
+	if _, err := r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for id, entries := range seen {
+			key := r.keys.Seen(id)
+			at := expire[id]
+			if len(entries) == 0 || !at.After(time.Now()) {
+				pl.Del(ctx, key)
+				continue
+			}
+			pl.SetArgs(ctx, key, EncodeSeen(entries), redis.SetArgs{ExpireAt: at})
 		}
 		return nil
 	}); err != nil {
-		return fmt.Errorf("ack outbox of %d agents: %w", len(upTo), err)
+		return fmt.Errorf("save dedupe entries of %d agents: %w", len(seen), err)
 	}
 	return nil
+}
+
+// Verify implements Store.
+func (r *Redis) Verify(ctx context.Context, seqs map[string]uint64) ([]string, error) {
+	if r.err != nil {
+		return nil, fmt.Errorf("verify: %w", r.err)
+	}
+	ids := make([]string, 0, len(seqs))
+	for id := range seqs {
+		if err := checkAgentID(id); err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	seqCmds := make([]*redis.StringCmd, len(ids))
+	stateCmds := make([]*redis.StringCmd, len(ids))
+	_, err := r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for i, id := range ids {
+			seqCmds[i] = pl.HGet(ctx, r.keys.Agent(id), fieldSeq)
+			stateCmds[i] = pl.Get(ctx, r.keys.State(id))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("verify %d agents: %w", len(ids), err)
+	}
+	var bad []string
+	for i, id := range ids {
+		var have uint64
+		if s, err := seqCmds[i].Result(); err == nil {
+			if have, err = strconv.ParseUint(s, 10, 64); err != nil {
+				return nil, fmt.Errorf("verify %s: field %s: %w", id, fieldSeq, err)
+			}
+		} else if b, err := optional(stateCmds[i]); err != nil {
+			return nil, fmt.Errorf("verify %s: %w", id, err)
+		} else if b != nil {
+			a, err := decodeAgent(b)
+			if err != nil {
+				return nil, fmt.Errorf("verify %s: %w", id, err)
+			}
+			have = a.AppliedSeq
+		}
+		if have != seqs[id] {
+			bad = append(bad, id)
+		}
+	}
+	return bad, nil
 }
 
 // Agent implements Store.
@@ -227,40 +372,56 @@ func (r *Redis) Agent(ctx context.Context, agentID string) (handlers.Agent, erro
 	if err := checkAgentID(agentID); err != nil {
 		return handlers.Agent{}, fmt.Errorf("agent: %w", err)
 	}
-	b, err := r.client.Get(ctx, r.keys.State(agentID)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, ErrNotFound)
-	}
+	hash := r.client.HGetAll(ctx, r.keys.Agent(agentID))
+	h, err := hash.Result()
 	if err != nil {
 		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, err)
 	}
-	a, err := decodeAgent(b)
+	if _, ok := h[fieldSeq]; !ok {
+		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, ErrNotFound)
+	}
+	a, err := agentFromFields(agentID, h)
 	if err != nil {
 		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, err)
-	}
-	if !a.HasStatus() {
-		return handlers.Agent{}, fmt.Errorf("agent %s: %w", agentID, ErrNotFound)
 	}
 	return a, nil
 }
 
+// readAgent decodes an agent from its hash, or else from its state key.
+func readAgent(id string, hash *redis.MapStringStringCmd, st *redis.StringCmd) (handlers.Agent, bool, error) {
+	h, err := hash.Result()
+	if err != nil {
+		return handlers.Agent{}, false, err
+	}
+	if _, ok := h[fieldSeq]; ok {
+		a, err := agentFromFields(id, h)
+		return a, err == nil, err
+	}
+	b, err := optional(st)
+	if err != nil || b == nil {
+		return handlers.Agent{}, false, err
+	}
+	a, err := decodeAgent(b)
+	return a, err == nil, err
+}
+
 // LoadPartition implements Store.
-func (r *Redis) LoadPartition(ctx context.Context, p int) (Partition, error) {
+func (r *Redis) LoadPartition(ctx context.Context, p int) (Partition, bool, error) {
 	if r.err != nil {
-		return Partition{}, fmt.Errorf("load partition %d: %w", p, r.err)
+		return Partition{}, false, fmt.Errorf("load partition %d: %w", p, r.err)
 	}
 	b, err := r.client.Get(ctx, r.keys.Partition(p)).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return newPartition(), nil
+		return NewPartition(), false, nil
 	}
 	if err != nil {
-		return Partition{}, fmt.Errorf("load partition %d: %w", p, err)
+		return Partition{}, false, fmt.Errorf("load partition %d: %w", p, err)
 	}
-	rec, err := decodePartition(b)
+	rec, err := DecodePartition(b)
 	if err != nil {
-		return Partition{}, fmt.Errorf("load partition %d: %w", p, err)
+		return Partition{}, false, fmt.Errorf("load partition %d: %w", p, err)
 	}
-	return rec, nil
+	return rec, true, nil
 }
 
 // SwapPartition implements Store: one script, so the check and the write see the same server.
@@ -268,12 +429,15 @@ func (r *Redis) SwapPartition(ctx context.Context, p int, old, rec Partition) (b
 	if r.err != nil {
 		return false, fmt.Errorf("swap partition %d: %w", p, r.err)
 	}
+	if rec.Seq >= maxExact || old.Seq >= maxExact {
+		return false, fmt.Errorf("swap partition %d: checkpoint must stay below 2^53", p)
+	}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return false, fmt.Errorf("swap partition %d: encode: %w", p, err)
 	}
 	n, err := swapPartitionScript.Run(ctx, r.client, []string{r.keys.Partition(p)}, b, old.Marker,
-		strconv.FormatUint(old.Floor, 10), strconv.FormatUint(old.Config.Seq, 10)).Int()
+		strconv.FormatUint(old.Seq, 10)).Int()
 	if err != nil {
 		return false, fmt.Errorf("swap partition %d: %w", p, err)
 	}
@@ -318,41 +482,6 @@ func (r *Redis) SaveConfig(ctx context.Context, cfg handlers.Config) (bool, erro
 	return n == 1, nil
 }
 
-// Index implements Store: one pipeline for all entries, applied in order.
-func (r *Redis) Index(ctx context.Context, p int, entries []IndexEntry) error {
-	if r.err != nil {
-		return fmt.Errorf("index partition %d: %w", p, r.err)
-	}
-	for _, e := range entries {
-		if err := checkAgentID(e.AgentID); err != nil {
-			return fmt.Errorf("index partition %d: %w", p, err)
-		}
-	}
-	if len(entries) == 0 {
-		return nil
-	}
-	leases := r.keys.Leases(p)
-	if _, err := r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
-		for _, e := range entries {
-			if e.Deadline.IsZero() {
-				pl.ZRem(ctx, leases, e.AgentID)
-			} else {
-				pl.ZAdd(ctx, leases, redis.Z{Score: float64(leaseScore(e.Deadline)), Member: e.AgentID})
-			}
-			if e.From != "" && e.From != e.To {
-				pl.SRem(ctx, r.keys.Members(p, e.From), e.AgentID)
-			}
-			if e.To != "" {
-				pl.SAdd(ctx, r.keys.Members(p, e.To), e.AgentID)
-			}
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("index partition %d (%d entries): %w", p, len(entries), err)
-	}
-	return nil
-}
-
 // DueAgents implements Store. A limit <= 0 means no limit. Agents come in deadline
 // order, ties by id.
 func (r *Redis) DueAgents(ctx context.Context, p int, now time.Time, limit int) ([]string, error) {
@@ -374,13 +503,13 @@ func (r *Redis) DueAgents(ctx context.Context, p int, now time.Time, limit int) 
 }
 
 // AgentsIn implements Store. The ids come sorted.
-func (r *Redis) AgentsIn(ctx context.Context, p int, presenceID string) ([]string, error) {
+func (r *Redis) AgentsIn(ctx context.Context, p int, name string) ([]string, error) {
 	if r.err != nil {
-		return nil, fmt.Errorf("agents of partition %d in %q: %w", p, presenceID, r.err)
+		return nil, fmt.Errorf("agents of partition %d in %q: %w", p, name, r.err)
 	}
-	ids, err := r.client.SMembers(ctx, r.keys.Members(p, presenceID)).Result()
+	ids, err := r.client.SMembers(ctx, r.keys.Members(p, name)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("agents of partition %d in %q: %w", p, presenceID, err)
+		return nil, fmt.Errorf("agents of partition %d in %q: %w", p, name, err)
 	}
 	if len(ids) == 0 {
 		return nil, nil
@@ -408,27 +537,34 @@ func (r *Redis) Close() error {
 	return nil
 }
 
-// scriptCall is one run of a script.
+// scriptCall is one run of a script over n agents.
 type scriptCall struct {
 	keys []string
 	args []any
+	n    int
 }
 
-// runScripts runs calls of s in one pipeline with EVALSHA and runs again, with
-// EVAL, only those the server did not know the script for (NOSCRIPT: nothing ran),
-// so no call runs twice. Each returned command has a nil error.
-func (r *Redis) runScripts(ctx context.Context, s *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
+// runScripts runs calls of s in one pipeline with EVALSHA, followed by what extra
+// queues, and runs again, with EVAL, only the calls the server did not know the
+// script for (NOSCRIPT: nothing ran), so no call runs twice. Each returned
+// command has a nil error.
+func (r *Redis) runScripts(ctx context.Context, s *redis.Script, calls []scriptCall, extra func(redis.Pipeliner)) ([]*redis.Cmd, error) {
 	cmds := make([]*redis.Cmd, len(calls))
-	if len(calls) == 0 {
-		return cmds, nil
-	}
+	var extraErr error
 	// Per-command errors are inspected below; the pipeline's own error is the first of them.
-	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	plCmds, _ := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, c := range calls {
 			cmds[i] = s.EvalSha(ctx, p, c.keys, c.args...)
 		}
+		extra(p)
 		return nil
 	})
+	for _, c := range plCmds[len(calls):] {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			extraErr = err
+			break
+		}
+	}
 	var missing []int
 	for i, c := range cmds {
 		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
@@ -447,6 +583,9 @@ func (r *Redis) runScripts(ctx context.Context, s *redis.Script, calls []scriptC
 		if err := c.Err(); err != nil {
 			return nil, err
 		}
+	}
+	if extraErr != nil {
+		return nil, extraErr
 	}
 	return cmds, nil
 }

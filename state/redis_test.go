@@ -33,6 +33,19 @@ func TestRedisStore(t *testing.T) {
 	runStoreSuite(t, func(t *testing.T) state.Store { return newRedisStore(t, srv, "suite:"+t.Name()) })
 }
 
+// TestRedisClusterStore runs the same suite against a real 3-master Redis
+// Cluster through go-redis's cluster client: every script's keys share a slot,
+// and pipelines of many agents span the masters.
+func TestRedisClusterStore(t *testing.T) {
+	t.Parallel()
+	cl := testenv.StartRedisCluster(t, 3)
+	runStoreSuite(t, func(t *testing.T) state.Store {
+		s := state.NewRedis(redis.NewUniversalClient(&redis.UniversalOptions{Addrs: cl.Addrs(), IsClusterMode: true}), state.RedisConfig{Prefix: "suite:" + t.Name()})
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
 func TestRedisReadModel(t *testing.T) {
 	t.Parallel()
 	srv := testenv.StartRedis(t)
@@ -54,8 +67,8 @@ func TestRedisReadModel(t *testing.T) {
 
 	a := fullAgent("a1", 5, 7)
 	a.Since = time.Date(2025, 3, 14, 11, 26, 53, 589793238, time.FixedZone("CEST", 2*3600))
-	mustApply(t, s, state.Commit{Agent: a})
-	equal(t, "read model", hash(), map[string]string{
+	mustApply(t, s, state.Commit{Agent: a, Outbox: []state.Outgoing{outgoing("a1", 7)}})
+	equal(t, "read model", public(hash()), map[string]string{
 		"presenceId": "training",
 		"name":       "Away – in training",
 		"text":       "In training",
@@ -64,19 +77,49 @@ func TestRedisReadModel(t *testing.T) {
 		"since":      "2025-03-14T09:26:53.589793238Z",
 		"version":    "7",
 	})
+	// The worker's own fields share the hash, packed into one short field.
+	h := hash()
+	for k := range public(h) {
+		delete(h, k)
+	}
+	equal(t, "worker fields", h, map[string]string{
+		"seq": "5",
+		"w":   "m|manual|agent|1/3|available|desk@1741944503589793245,phone.2:x@0|busy/busy/c/1741944353589793249",
+	})
+	// Every value fits Redis's compact hash encoding (64 bytes by default)...
+	for k, v := range hash() {
+		if len(v) > 64 && k != "w" {
+			t.Fatalf("field %s is %d bytes", k, len(v))
+		}
+	}
+	// ...and an idle agent's hash stays in it.
+	idle := handlers.Agent{ID: "idle", AppliedSeq: 123456, Version: 7, PresenceID: "offline", Name: "Offline", Text: "Offline",
+		BaseStatus: events.Offline, Since: t0, Origin: handlers.OriginSystem, Reason: events.ReasonLogout, Actor: "agent",
+		Capacity: &handlers.Capacity{Used: 2, Total: 2}}
+	mustApply(t, s, state.Commit{Agent: idle})
+	if enc := c.ObjectEncoding(ctx, s.Keys().Agent("idle")).Val(); enc != "listpack" {
+		t.Fatalf("idle agent's hash encoding %q, want listpack", enc)
+	}
+	if n := c.Exists(ctx, s.Keys().State("a1")).Val(); n != 0 {
+		t.Fatal("an agent with a status also has a state key")
+	}
+	if got := c.Get(ctx, s.Keys().Outbox("a1")).Val(); !strings.Contains(got, `"version":7`) {
+		t.Fatalf("outbox key holds %q", got)
+	}
 
 	b := a
 	b.AppliedSeq, b.Version, b.SignedIn, b.Sessions = 6, 8, false, nil
 	b.PresenceID, b.Name, b.Text, b.BaseStatus = "offline", "Offline", "Offline", events.Offline
 	b.Since = time.Date(2025, 3, 14, 10, 0, 0, 0, time.UTC)
-	mustApply(t, s, state.Commit{Agent: b})
-	equal(t, "read model after change", hash(), map[string]string{
+	mustApply(t, s, state.Commit{Agent: b, Expect: 5, Before: &a})
+	equal(t, "read model after change", public(hash()), map[string]string{
 		"presenceId": "offline", "name": "Offline", "text": "Offline", "baseStatus": "offline",
 		"signedIn": "false", "since": "2025-03-14T10:00:00Z", "version": "8",
 	})
 
 	// Removal deletes the read model and leaves a tombstone state.
-	mustApply(t, s, state.Commit{Agent: fullAgent("a1", 7, 9), Removed: true})
+	gone := fullAgent("a1", 7, 9)
+	mustApply(t, s, state.Commit{Agent: gone, Expect: 6, Removed: true})
 	if n := c.Exists(ctx, key).Val(); n != 0 {
 		t.Fatalf("read model still there after removal: %v", hash())
 	}
@@ -92,11 +135,16 @@ func TestRedisReadModel(t *testing.T) {
 	equal(t, "tombstone", fields, map[string]any{"id": "a1", "version": 9.0, "appliedSeq": 7.0})
 
 	// Back again, then a state without status: the read model goes again.
-	mustApply(t, s, state.Commit{Agent: fullAgent("a1", 8, 10)})
+	tomb := handlers.Agent{ID: "a1", AppliedSeq: 7, Version: 9}
+	back := fullAgent("a1", 8, 10)
+	mustApply(t, s, state.Commit{Agent: back, Expect: 7, Before: &tomb})
 	if h := hash(); h["version"] != "10" {
 		t.Fatalf("read model after re-creation: %v", h)
 	}
-	mustApply(t, s, state.Commit{Agent: handlers.Agent{ID: "a1", AppliedSeq: 9, Version: 10}})
+	if n := c.Exists(ctx, s.Keys().State("a1")).Val(); n != 0 {
+		t.Fatal("the tombstone is left next to the read model")
+	}
+	mustApply(t, s, state.Commit{Agent: handlers.Agent{ID: "a1", AppliedSeq: 9, Version: 10}, Expect: 8, Before: &back})
 	if n := c.Exists(ctx, key).Val(); n != 0 {
 		t.Fatalf("read model of an agent without status: %v", hash())
 	}
@@ -109,6 +157,17 @@ func TestRedisReadModel(t *testing.T) {
 	}
 }
 
+// public keeps the read-model fields of contract §5.
+func public(h map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, k := range []string{"presenceId", "name", "text", "baseStatus", "signedIn", "since", "version"} {
+		if v, ok := h[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 func TestRedisKeysShareSlot(t *testing.T) {
 	t.Parallel()
 	srv := testenv.StartRedis(t)
@@ -116,14 +175,17 @@ func TestRedisKeysShareSlot(t *testing.T) {
 	ctx := t.Context()
 	s := newRedisStore(t, srv, "")
 
-	mustApply(t, s,
-		state.Commit{Agent: fullAgent("a1", 1, 1), DedupeKey: "k", DedupeAt: t0, Outbox: []state.Outgoing{outgoing("a1", 1)}},
-		state.Commit{Agent: fullAgent("b-2", 1, 1), DedupeKey: "k", DedupeAt: t0, Outbox: []state.Outgoing{outgoing("b-2", 1)}},
+	seen := []state.Seen{{Key: state.DedupeKey("s", "1"), At: t0}}
+	later := time.Now().Add(time.Hour)
+	commitIn(t, s, 7, []state.IndexEntry{
+		{AgentID: "a1", Lease: true, Deadline: t0, To: "training"},
+		{AgentID: "b-2", Lease: true, Deadline: t0, To: "default:busy"},
+	},
+		state.Commit{Agent: fullAgent("a1", 1, 1), Outbox: []state.Outgoing{outgoing("a1", 1)}},
+		state.Commit{Agent: fullAgent("b-2", 1, 1), Outbox: []state.Outgoing{outgoing("b-2", 1)}},
+		state.Commit{Agent: fullAgent("gone", 1, 1), Removed: true},
 	)
-	if err := s.Index(ctx, 7, []state.IndexEntry{
-		{AgentID: "a1", Deadline: t0, To: "training"},
-		{AgentID: "b-2", Deadline: t0, To: "default:busy"},
-	}); err != nil {
+	if err := s.SaveSeen(ctx, map[string][]state.Seen{"a1": seen, "b-2": seen}, map[string]time.Time{"a1": later, "b-2": later}); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := s.SwapPartition(ctx, 7, state.Partition{}, state.Partition{Config: handlers.NewConfig()}); err != nil || !ok {
@@ -143,14 +205,15 @@ func TestRedisKeysShareSlot(t *testing.T) {
 		byTag[state.HashTag(k)] = append(byTag[state.HashTag(k)], k)
 	}
 	equal(t, "keys of a1", byTag["a1"], []string{
-		"presence:agent:{a1}", "presence:outbox:{a1}", "presence:seen:{a1}", "presence:state:{a1}"})
+		"presence:agent:{a1}", "presence:outbox:{a1}", "presence:seen:{a1}"})
 	equal(t, "keys of b-2", byTag["b-2"], []string{
-		"presence:agent:{b-2}", "presence:outbox:{b-2}", "presence:seen:{b-2}", "presence:state:{b-2}"})
+		"presence:agent:{b-2}", "presence:outbox:{b-2}", "presence:seen:{b-2}"})
+	equal(t, "keys of a tombstone", byTag["gone"], []string{"presence:state:{gone}"})
 	equal(t, "keys of partition 7", byTag["p7"], []string{
 		"presence:leases:{p7}", "presence:members:{p7}:default:busy", "presence:members:{p7}:training",
 		"presence:partition:{p7}"})
 	equal(t, "config", byTag["presence:config"], []string{"presence:config"})
-	if len(byTag) != 4 {
+	if len(byTag) != 5 {
 		t.Fatalf("unexpected keys: %v", keys)
 	}
 
@@ -189,10 +252,13 @@ func TestRedisOneRoundTripPerCall(t *testing.T) {
 	t.Parallel()
 	srv := testenv.StartRedis(t)
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-	s := state.NewRedis(client, state.RedisConfig{})
+	s := state.NewRedis(client, state.RedisConfig{CommitChunk: 2})
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := t.Context()
-	mustApply(t, s, state.Commit{Agent: fullAgent("warm", 1, 1)}) // loads the script
+	mustApply(t, s, state.Commit{Agent: fullAgent("warm", 1, 1)}) // loads the scripts
+	if err := s.DropOutbox(ctx, map[string]uint64{"warm": 1}); err != nil {
+		t.Fatal(err)
+	}
 	h := &countingHook{}
 	client.AddHook(h)
 
@@ -208,41 +274,49 @@ func TestRedisOneRoundTripPerCall(t *testing.T) {
 		}
 	}
 	ids := []string{"a", "b", "c", "d", "e"}
-	check("Commit", func() error {
+	check("Commit (three scripts and index entries)", func() error {
 		var cs []state.Commit
+		var idx []state.IndexEntry
 		for _, id := range ids {
-			cs = append(cs, state.Commit{Agent: fullAgent(id, 1, 1), DedupeKey: "k", DedupeAt: t0,
-				Outbox: []state.Outgoing{outgoing(id, 1)}})
+			cs = append(cs, state.Commit{Agent: fullAgent(id, 1, 1), Outbox: []state.Outgoing{outgoing(id, 1)}})
+			idx = append(idx, state.IndexEntry{AgentID: id, Lease: true, Deadline: t0, From: "x", To: "y"})
 		}
-		_, err := s.Commit(ctx, cs, window)
+		_, err := s.Commit(ctx, 0, cs, idx)
 		return err
 	})
 	check("Load", func() error {
-		var reqs []state.LoadRequest
-		for _, id := range ids {
-			reqs = append(reqs, state.LoadRequest{AgentID: id, DedupeKeys: []string{"k", "other"}})
-		}
-		snaps, err := s.Load(ctx, reqs)
-		for i, sn := range snaps {
-			if !sn.Seen["k"] || sn.Seen["other"] || len(sn.Outbox) != 1 || sn.Agent.ID != ids[i] {
-				t.Fatalf("snapshot %d: %+v", i, sn)
+		recs, err := s.Load(ctx, ids)
+		for i, r := range recs {
+			if len(r.Outbox) != 1 || r.Agent.ID != ids[i] || r.Agent.AppliedSeq != 1 {
+				t.Fatalf("record %d: %+v", i, r)
 			}
 		}
 		return err
 	})
-	check("AckOutbox", func() error {
-		up := map[string]uint64{}
+	check("DropOutbox (three scripts)", func() error {
+		published := map[string]uint64{}
 		for _, id := range ids {
-			up[id] = 1
+			published[id] = 1
 		}
-		return s.AckOutbox(ctx, up)
+		return s.DropOutbox(ctx, published)
 	})
-	check("Index", func() error {
-		var es []state.IndexEntry
+	check("SaveSeen", func() error {
+		m, exp := map[string][]state.Seen{}, map[string]time.Time{}
 		for _, id := range ids {
-			es = append(es, state.IndexEntry{AgentID: id, Deadline: t0, From: "x", To: "y"})
+			m[id], exp[id] = []state.Seen{{Key: state.DedupeKey("s", id), At: t0}}, time.Now().Add(time.Minute)
 		}
-		return s.Index(ctx, 0, es)
+		return s.SaveSeen(ctx, m, exp)
+	})
+	check("Verify", func() error {
+		seqs := map[string]uint64{}
+		for _, id := range ids {
+			seqs[id] = 1
+		}
+		bad, err := s.Verify(ctx, seqs)
+		if len(bad) != 0 {
+			t.Fatalf("mismatches %v", bad)
+		}
+		return err
 	})
 }
 
@@ -261,14 +335,14 @@ func TestRedisScriptCacheFlushed(t *testing.T) {
 	}
 	// Every EVALSHA fails with NOSCRIPT; each commit must still run exactly once.
 	got := commit(t, s,
-		state.Commit{Agent: fullAgent("a", 2, 2), Outbox: []state.Outgoing{outgoing("a", 2)}},
-		state.Commit{Agent: fullAgent("a", 2, 3), Outbox: []state.Outgoing{outgoing("a", 3)}},
+		state.Commit{Agent: fullAgent("a", 2, 2), Expect: 1, Outbox: []state.Outgoing{outgoing("a", 2)}},
+		state.Commit{Agent: fullAgent("c", 2, 3), Expect: 1, Outbox: []state.Outgoing{outgoing("c", 3)}},
 		state.Commit{Agent: fullAgent("b", 1, 1)},
 	)
 	equal(t, "applied after flush", got, []bool{true, false, true})
-	snap := load1(t, s, "a")
-	equal(t, "agent", snap.Agent, fullAgent("a", 2, 2))
-	equal(t, "outbox", versions(snap.Outbox), []uint64{2})
+	rec := load1(t, s, "a")
+	equal(t, "agent", rec.Agent, fullAgent("a", 2, 2))
+	equal(t, "outbox", versions(rec.Outbox), []uint64{2})
 
 	if err := c.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
@@ -291,16 +365,16 @@ func TestRedisUnavailable(t *testing.T) {
 	if err := s.Ping(ctx); err == nil {
 		t.Fatal("Ping succeeded with Redis down")
 	}
-	if _, err := s.Commit(ctx, []state.Commit{{Agent: fullAgent("a", 2, 2)}}, window); err == nil {
+	if _, err := s.Commit(ctx, 0, []state.Commit{{Agent: fullAgent("a", 2, 2), Expect: 1}}, nil); err == nil {
 		t.Fatal("Commit succeeded with Redis down")
 	}
-	if _, err := s.Load(ctx, []state.LoadRequest{{AgentID: "a"}}); err == nil {
+	if _, err := s.Load(ctx, []string{"a"}); err == nil {
 		t.Fatal("Load succeeded with Redis down")
 	}
 	if _, err := s.Agent(ctx, "a"); err == nil || errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("Agent with Redis down: %v", err)
 	}
-	if _, err := s.LoadPartition(ctx, 0); err == nil {
+	if _, _, err := s.LoadPartition(ctx, 0); err == nil {
 		t.Fatal("LoadPartition succeeded with Redis down")
 	}
 
@@ -324,13 +398,14 @@ func TestRedisSurvivesRestartWithAOF(t *testing.T) {
 	srv := testenv.StartRedis(t, testenv.WithAOF())
 	s := newRedisStore(t, srv, "")
 	a := fullAgent("a", 3, 2)
-	mustApply(t, s, state.Commit{Agent: a, DedupeKey: "k", DedupeAt: t0, Outbox: []state.Outgoing{outgoing("a", 2)}})
+	seen := []state.Seen{{Key: state.DedupeKey("s", "k"), At: t0}}
+	mustApply(t, s, state.Commit{Agent: a, Outbox: []state.Outgoing{outgoing("a", 2)}, Seen: seen})
 	srv.Kill()
 	srv.Restart()
-	snap := load1(t, s, "a", "k")
-	equal(t, "agent", snap.Agent, a)
-	equal(t, "seen", seenKeys(snap), []string{"k"})
-	equal(t, "outbox", snap.Outbox, []state.Outgoing{outgoing("a", 2)})
+	rec := load1(t, s, "a")
+	equal(t, "agent", rec.Agent, a)
+	equal(t, "seen", rec.Seen, seen)
+	equal(t, "outbox", rec.Outbox, []state.Outgoing{outgoing("a", 2)})
 }
 
 func TestRedisCorruptState(t *testing.T) {
@@ -342,11 +417,11 @@ func TestRedisCorruptState(t *testing.T) {
 	if err := c.Set(ctx, s.Keys().State("a"), "not json", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Commit(ctx, []state.Commit{{Agent: fullAgent("a", 1, 1)}}, window); err == nil ||
+	if _, err := s.Commit(ctx, 0, []state.Commit{{Agent: fullAgent("a", 1, 1)}}, nil); err == nil ||
 		!strings.Contains(err.Error(), "not a JSON object") {
 		t.Fatalf("Commit over corrupt state: %v", err)
 	}
-	if _, err := s.Load(ctx, []state.LoadRequest{{AgentID: "a"}}); err == nil {
+	if _, err := s.Load(ctx, []string{"a"}); err == nil {
 		t.Fatal("Load of corrupt state succeeded")
 	}
 	if got, _ := c.Get(ctx, s.Keys().State("a")).Result(); got != "not json" {
@@ -361,7 +436,7 @@ func TestRedisBadPrefix(t *testing.T) {
 	if err := s.Ping(t.Context()); err == nil || !strings.Contains(err.Error(), "braces") {
 		t.Fatalf("Ping with a bad prefix: %v", err)
 	}
-	if _, err := s.Commit(t.Context(), []state.Commit{{Agent: fullAgent("a", 1, 1)}}, window); err == nil {
+	if _, err := s.Commit(t.Context(), 0, []state.Commit{{Agent: fullAgent("a", 1, 1)}}, nil); err == nil {
 		t.Fatal("Commit with a bad prefix succeeded")
 	}
 }

@@ -1,6 +1,11 @@
 // Package state keeps agent state, the outbox of status changes still to publish,
 // the configuration and the per-partition indexes. Store is the one interface; Redis
 // and memory implement it, and one conformance suite runs against both.
+//
+// A partition owner keeps the agents it works on in memory and writes each change
+// with a compare-and-set on the input sequence it last wrote, so the store never
+// has to be read on the hot path and a store that lost or rewound data (or a
+// second writer) shows up as a refused commit.
 package state
 
 import (
@@ -13,73 +18,97 @@ import (
 )
 
 // Outgoing is a status change recorded with the state that caused it and not yet
-// acknowledged as published.
+// known to be published.
 type Outgoing struct {
 	// ID is the CloudEvents id the status event is published with (and its Nats-Msg-Id).
 	ID     string               `json:"id"`
 	Status events.StatusChanged `json:"status"`
-	// TraceParent of the cause, carried onto the published event. Status.TraceParent
-	// is not stored (it has no JSON name); stores fill it from this field on Load.
+	// TraceParent of the cause, carried onto the published event (Status.TraceParent
+	// has no JSON name; stores fill it from this field on Load).
 	TraceParent string `json:"traceparent,omitempty"`
+	// Data, when set, is events.MarshalStatus(&Status), marshalled once for the
+	// outbox and the published event.
+	Data []byte `json:"-"`
 }
 
-// LoadRequest asks for one agent and whether some dedupe keys were already recorded for it.
-type LoadRequest struct {
-	AgentID    string
-	DedupeKeys []string
+// SeenKey identifies one applied event for deduplication: a hash of its source
+// and id (events.DedupeKey), so every entry has the same small size.
+type SeenKey [16]byte
+
+// Seen is one dedupe entry: an applied event and the time JetStream stored it.
+type Seen struct {
+	Key SeenKey
+	At  time.Time
 }
 
-// Snapshot is an agent as stored, with what Load was asked about it.
-type Snapshot struct {
-	// Agent is the stored state; an agent never seen has only ID set.
+// Record is an agent as stored.
+type Record struct {
+	// Agent is the stored state; an agent never committed has only ID set
+	// (AppliedSeq 0).
 	Agent handlers.Agent
-	// Seen holds the requested dedupe keys that are recorded and inside the window.
-	Seen map[string]bool
-	// Outbox holds the agent's unpublished status changes, in version order.
-	Outbox []Outgoing
+	// Outbox holds the status changes of the agent's last commit, in version
+	// order, until DropOutbox says they were published; HasOutbox says one is
+	// stored (it may hold dedupe entries only).
+	Outbox    []Outgoing
+	HasOutbox bool
+	// Seen holds the dedupe entries saved by SaveSeen (which expire at the
+	// time it was given) and those of the stored outbox, oldest first.
+	Seen []Seen
 }
 
-// Commit is one atomic step for one agent: its new state, the dedupe key of the
-// event applied, and the status changes it caused.
+// Commit is one atomic step for one agent.
 type Commit struct {
-	// Agent is the new state. Agent.AppliedSeq is the input sequence applied; the
-	// commit only happens if the stored AppliedSeq is lower (an agent never
-	// committed counts as 0, so AppliedSeq must be at least 1). AppliedSeq and the
-	// versions must stay below 2^53 (Lua numbers and ZSET scores hold them exactly).
+	// Agent is the new state; Agent.AppliedSeq (at least 1) is the input
+	// sequence it was applied up to. AppliedSeq and versions stay below 2^53.
 	Agent handlers.Agent
+	// Expect is the AppliedSeq the store must hold for the commit to apply (0:
+	// nothing stored). Anything else means the store lost or rewound data, or
+	// another writer got there first, and nothing is written.
+	Expect uint64
+	// Restore writes the commit whenever the stored AppliedSeq is lower than
+	// Agent.AppliedSeq, whatever Expect says: a rebuild restoring durable copies.
+	Restore bool
 	// Removed erases the agent (read model included); only Agent.ID, Version and
 	// AppliedSeq are kept, as a tombstone.
 	Removed bool
-	// DedupeKey, when not empty, is recorded at DedupeAt (which must then be set);
-	// it is forgotten once older than the window passed to Commit, measured from
-	// the newest DedupeAt recorded for the agent (no wall clock; millisecond
-	// precision). Keys of an agent that gets no newer keys are kept.
-	DedupeKey string
-	DedupeAt  time.Time
-	Outbox    []Outgoing
+	// Before is the stored state the writer holds, nil if it does not know it:
+	// only what differs from it is written.
+	Before *handlers.Agent
+	// Outbox and Seen, when either is not empty, replace the agent's stored
+	// outbox: the status changes of this step, with the dedupe entries added
+	// since SaveSeen last saved the agent's (so the entry of every applied event
+	// is stored with it, not only at SaveSeen). DropOutbox deletes the stored
+	// outbox when this commit writes none.
+	Outbox     []Outgoing
+	Seen       []Seen
+	DropOutbox bool
 }
 
-// IndexEntry moves an agent in its partition's indexes after a commit. Index
-// updates are not atomic with the commit: they are repeated whenever the agent is
-// seen again and readers check them against the agent's state.
+// IndexEntry moves an agent in its partition's indexes. Index updates are not
+// atomic with the commit: they are written with it, repeated whenever the agent
+// is committed again, and readers check them against the agent's state.
 type IndexEntry struct {
 	AgentID string
-	// Deadline is the agent's earliest lease deadline; zero removes it from the lease index.
+	// Lease is true when the entry moves the agent in the lease index: Deadline
+	// is then its earliest lease deadline, zero to remove it.
+	Lease    bool
 	Deadline time.Time
-	// From is the presence the agent was indexed under ("" for none); To the one it is in now.
+	// From is the index the agent leaves ("" for none); To the one it is in now.
 	From, To string
 }
 
-// Partition is what one input partition keeps for itself: the configuration as of
-// its own position in the input stream and the dedupe keys of configuration events.
+// Partition is what one input partition keeps for itself besides its agents.
 type Partition struct {
-	Config handlers.Config      `json:"config"`
-	Seen   map[string]time.Time `json:"seen,omitempty"`
-	// Floor is an input sequence below which every message of the partition was
-	// handled; a new owner starts after it when no consumer is left to ask.
-	Floor uint64 `json:"floor,omitempty"`
+	// Config is the configuration as of Seq.
+	Config handlers.Config `json:"config"`
+	// Seen holds the dedupe keys of configuration events inside the window.
+	Seen map[string]time.Time `json:"seen,omitempty"`
+	// Seq is the checkpoint: every input of the partition up to it is applied,
+	// published and acknowledged, and its agents' durable copies hold it.
+	Seq uint64 `json:"seq,omitempty"`
 	// Marker names the lease that last took the partition over. A running owner
-	// that finds another marker, or none, knows the store lost or rewound its data.
+	// that finds another marker, or none, knows the store lost or rewound its
+	// data, or that another owner took over.
 	Marker string `json:"marker,omitempty"`
 }
 
@@ -88,25 +117,33 @@ var ErrNotFound = errors.New("not found")
 
 // Store is where presenced keeps its state.
 type Store interface {
-	// Load returns one Snapshot per request, in request order.
-	Load(ctx context.Context, reqs []LoadRequest) ([]Snapshot, error)
-	// Commit applies each commit atomically for its agent, in slice order, and
-	// reports, per commit, whether it was applied (false: the stored AppliedSeq was
-	// not lower, nothing written). An invalid commit fails the call before anything
-	// is written; after any other error some commits may have been applied, and
-	// repeating the call reports those as not applied.
-	Commit(ctx context.Context, commits []Commit, dedupeWindow time.Duration) ([]bool, error)
-	// AckOutbox forgets, per agent, the outbox entries with version <= the given one.
-	AckOutbox(ctx context.Context, upTo map[string]uint64) error
+	// Load returns one Record per agent id, in order.
+	Load(ctx context.Context, ids []string) ([]Record, error)
+	// Commit applies each commit atomically for its agent, and reports per commit
+	// whether it was applied. It also writes the index entries of partition p, in
+	// the same round trip but not atomically with the commits. An invalid commit
+	// fails the call before anything is written.
+	Commit(ctx context.Context, p int, commits []Commit, index []IndexEntry) ([]bool, error)
+	// DropOutbox forgets the outboxes whose changes are published (with the
+	// dedupe entries they hold: save those first): published maps an agent to
+	// the AppliedSeq of the commit that stored the outbox, and an agent stored at
+	// any other sequence keeps its outbox, which is then not the one published.
+	DropOutbox(ctx context.Context, published map[string]uint64) error
+	// SaveSeen replaces each agent's dedupe entries; they expire at expire[id]
+	// (the newest entry's time plus the window), so a quiet agent keeps none.
+	SaveSeen(ctx context.Context, seen map[string][]Seen, expire map[string]time.Time) error
+	// Verify returns the agents whose stored AppliedSeq is not the given one.
+	Verify(ctx context.Context, seqs map[string]uint64) ([]string, error)
 	// Agent returns the agent's current state, ErrNotFound when it has no status.
 	Agent(ctx context.Context, agentID string) (handlers.Agent, error)
 
-	// LoadPartition returns the partition's record; a new partition gets
-	// handlers.NewConfig(). Config.Custom and Seen are never nil.
-	LoadPartition(ctx context.Context, p int) (Partition, error)
-	// SwapPartition stores rec only if the stored record still has old's Marker and
-	// a Floor and Config.Seq not lower than old's (no record counts as the zero
-	// Partition), atomically, and reports whether it did.
+	// LoadPartition returns the partition's record and whether one is stored; a
+	// missing record is handlers.NewConfig() with no marker. Config.Custom and
+	// Seen are never nil.
+	LoadPartition(ctx context.Context, p int) (Partition, bool, error)
+	// SwapPartition stores rec only if the stored record still has old's Marker
+	// and Seq (no record counts as the zero Partition), atomically, and reports
+	// whether it did.
 	SwapPartition(ctx context.Context, p int, old, rec Partition) (bool, error)
 	// Config returns the newest configuration any partition applied.
 	Config(ctx context.Context) (handlers.Config, error)
@@ -114,14 +151,13 @@ type Store interface {
 	// stored) and reports whether it did.
 	SaveConfig(ctx context.Context, cfg handlers.Config) (bool, error)
 
-	Index(ctx context.Context, p int, entries []IndexEntry) error
-	// DueAgents returns up to limit agents of partition p whose earliest lease
+	// DueAgents returns up to limit agents of partition p whose indexed lease
 	// deadline is at or before now, earliest first (ties by id); limit <= 0 means
 	// no limit. Deadlines count in whole milliseconds rounded up, so an agent is
 	// never due early (but up to 1ms late).
 	DueAgents(ctx context.Context, p int, now time.Time, limit int) ([]string, error)
-	// AgentsIn returns the agents of partition p indexed under presenceID, sorted.
-	AgentsIn(ctx context.Context, p int, presenceID string) ([]string, error)
+	// AgentsIn returns the agents of partition p in index name, sorted.
+	AgentsIn(ctx context.Context, p int, name string) ([]string, error)
 
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error

@@ -1,59 +1,90 @@
--- Commit one agent's new state, atomically, if it is newer than the stored one.
+-- Commit the new state of several agents, each atomically and each only if the
+-- store holds the input sequence the writer expects (or, for a restore, an older
+-- one); then drop outboxes whose changes are published.
 --
--- KEYS[1]: state key    <prefix>:state:{<agentId>}   STRING, JSON of handlers.Agent
--- KEYS[2]: agent key    <prefix>:agent:{<agentId>}   HASH, the public read model
--- KEYS[3]: seen key     <prefix>:seen:{<agentId>}    ZSET dedupe key -> DedupeAt unix ms
--- KEYS[4]: outbox key   <prefix>:outbox:{<agentId>}  ZSET JSON of state.Outgoing -> status version
+-- KEYS[3i-2], KEYS[3i-1], KEYS[3i] for agent i of n:
+--   <prefix>:agent:{<id>}   HASH, read model + worker fields (state/layout.go)
+--   <prefix>:state:{<id>}   STRING, JSON of handlers.Agent for an agent without a status
+--   <prefix>:outbox:{<id>}  STRING, JSON of its last commit's status changes
+-- KEYS[3n+1..]: outbox keys to delete
 --
--- ARGV[1]: appliedSeq of the new state (decimal; below 2^53)
--- ARGV[2]: new state, JSON of handlers.Agent (a tombstone for a removed agent)
--- ARGV[3]: "1" to write the read model from ARGV[4..10], "0" to delete it
--- ARGV[4..10]: read-model fields presenceId, name, text, baseStatus, signedIn, since, version
--- ARGV[11]: dedupe key to record, "" for none
--- ARGV[12]: DedupeAt of that key, unix ms
--- ARGV[13]: dedupe window, ms: keys older than (newest DedupeAt - window) are forgotten
--- ARGV[14]: n, the number of outbox entries that follow
--- ARGV[15..14+2n]: n pairs status version, JSON of state.Outgoing
+-- ARGV[1]: n
+-- then per agent, from a:
+--   ARGV[a]    expect: the applied sequence the store must hold (0: none)
+--   ARGV[a+1]  the applied sequence of the new state
+--   ARGV[a+2]  flags, any of:
+--              r  restore: apply if the stored sequence is lower, whatever expect says
+--              H  delete the hash before writing it (a full rewrite)
+--              h  write m hash field/value pairs
+--              s  write the state key (one JSON value), delete the hash
+--              S  delete the state key
+--              o  set the outbox (one value)
+--              O  delete the outbox
+--   ARGV[a+3]  m, the number of hash pairs
+--   then 2m hash values (h), one state value (s), one outbox value (o), in that order
 --
--- Returns 1 when applied, 0 when the stored appliedSeq is not lower (nothing written).
--- Numbers are compared as numbers; every one stays below 2^53 so Lua doubles hold them exactly.
+-- Returns one 1 (applied) or 0 (stored sequence not as expected: nothing written)
+-- per agent. Sequences stay below 2^53, so Lua numbers compare them exactly.
 
--- An agent never committed counts as appliedSeq 0.
-local seq = 0
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  local ok, cur = pcall(cjson.decode, stored)
-  if not ok or type(cur) ~= 'table' then
-    return redis.error_reply('ERR presenced: state at ' .. KEYS[1] .. ' is not a JSON object')
+local function storedSeq(h, s)
+  local seq = redis.call('HGET', h, 'seq')
+  if seq then
+    return tonumber(seq)
   end
-  seq = tonumber(cur['appliedSeq']) or 0
-end
-if seq >= tonumber(ARGV[1]) then
-  return 0
-end
-
-redis.call('SET', KEYS[1], ARGV[2])
-
-redis.call('DEL', KEYS[2])
-if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[2],
-    'presenceId', ARGV[4], 'name', ARGV[5], 'text', ARGV[6], 'baseStatus', ARGV[7],
-    'signedIn', ARGV[8], 'since', ARGV[9], 'version', ARGV[10])
-end
-
-if ARGV[11] ~= '' then
-  redis.call('ZADD', KEYS[3], ARGV[12], ARGV[11])
-  local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-  local cutoff = tonumber(newest[2]) - tonumber(ARGV[13])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('(%d', cutoff))
-  if redis.call('ZCARD', KEYS[3]) == 0 then
-    redis.call('DEL', KEYS[3])
+  local raw = redis.call('GET', s)
+  if not raw then
+    return 0
   end
+  local ok, st = pcall(cjson.decode, raw)
+  if not ok or type(st) ~= 'table' then
+    return redis.error_reply('ERR presenced: state at ' .. s .. ' is not a JSON object')
+  end
+  return tonumber(st['appliedSeq']) or 0
 end
 
-local n = tonumber(ARGV[14])
-for i = 0, n - 1 do
-  redis.call('ZADD', KEYS[4], ARGV[15 + 2 * i], ARGV[16 + 2 * i])
-end
+local n = tonumber(ARGV[1])
+local out = {}
+local a = 2
+for i = 1, n do
+  local h, s, o = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local expect, seq, flags, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])
+  local v = a + 4
+  local nextA = v + 2 * m
+  if string.find(flags, 's', 1, true) then nextA = nextA + 1 end
+  if string.find(flags, 'o', 1, true) then nextA = nextA + 1 end
 
-return 1
+  local stored = storedSeq(h, s)
+  if type(stored) == 'table' then return stored end
+  local apply
+  if string.find(flags, 'r', 1, true) then
+    apply = stored < seq
+  else
+    apply = stored == expect
+  end
+  if apply then
+    if string.find(flags, 'H', 1, true) then redis.call('DEL', h) end
+    if m > 0 then
+      redis.call('HSET', h, unpack(ARGV, v, v + 2 * m - 1))
+    end
+    v = v + 2 * m
+    if string.find(flags, 's', 1, true) then
+      redis.call('DEL', h)
+      redis.call('SET', s, ARGV[v])
+      v = v + 1
+    end
+    if string.find(flags, 'S', 1, true) then redis.call('DEL', s) end
+    if string.find(flags, 'o', 1, true) then
+      redis.call('SET', o, ARGV[v])
+    elseif string.find(flags, 'O', 1, true) then
+      redis.call('DEL', o)
+    end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+  a = nextA
+end
+for k = 3 * n + 1, #KEYS do
+  redis.call('DEL', KEYS[k])
+end
+return out

@@ -1,14 +1,14 @@
 -- Replace a partition record only if the stored one is still the one the caller
--- holds: same marker, floor and config seq not lower (a missing record counts as
--- marker "", floor 0, seq 0). Checking and writing in one step keeps a record from
--- landing in a store that lost its data between a check and a write.
+-- holds: same marker and checkpoint (a missing record counts as marker "" and
+-- checkpoint 0). Checking and writing in one step keeps a record from landing in
+-- a store that lost its data between a check and a write.
 --
 -- KEYS[1]: partition key   ARGV[1]: new record (JSON of Partition)
--- ARGV[2]: expected marker  ARGV[3]: least floor  ARGV[4]: least config seq
+-- ARGV[2]: expected marker  ARGV[3]: expected checkpoint (decimal)
 --
 -- Returns 1 when written, 0 when the stored record differs (nothing written).
 
-local marker, floor, seq = '', 0, 0
+local marker, seq = '', 0
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local ok, cur = pcall(cjson.decode, stored)
@@ -16,10 +16,9 @@ if stored then
     return redis.error_reply('ERR presenced: partition at ' .. KEYS[1] .. ' is not a JSON object')
   end
   if type(cur['marker']) == 'string' then marker = cur['marker'] end
-  floor = tonumber(cur['floor']) or 0
-  if type(cur['config']) == 'table' then seq = tonumber(cur['config']['seq']) or 0 end
+  seq = tonumber(cur['seq']) or 0
 end
-if marker ~= ARGV[2] or floor < tonumber(ARGV[3]) or seq < tonumber(ARGV[4]) then
+if marker ~= ARGV[2] or seq ~= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1])

@@ -1,0 +1,377 @@
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/handlers"
+)
+
+// The Redis layout of an agent that has a status is one hash: the public read
+// model of contract §5, then the input sequence it holds ("seq", read by the
+// commit script's compare-and-set) and the worker's own fields packed into one
+// short text ("w"). Few, short fields keep the hash in Redis's compact listpack
+// encoding (values up to 64 bytes) and an idle agent's memory small. An agent
+// without a status (a removal's tombstone, an agent only configured so far) has
+// no read model; its state is JSON at the state key.
+const (
+	fieldPresenceID = "presenceId"
+	fieldName       = "name"
+	fieldText       = "text"
+	fieldBaseStatus = "baseStatus"
+	fieldSignedIn   = "signedIn"
+	fieldSince      = "since"
+	fieldVersion    = "version"
+	fieldSeq        = "seq"
+	fieldWorker     = "w"
+)
+
+// agentFields returns the hash of an agent with a status as field, value pairs,
+// in a fixed order.
+func agentFields(a handlers.Agent) []string {
+	return []string{
+		fieldPresenceID, a.PresenceID,
+		fieldName, a.Name,
+		fieldText, a.Text,
+		fieldBaseStatus, string(a.BaseStatus),
+		fieldSignedIn, strconv.FormatBool(a.SignedIn),
+		fieldSince, a.Since.UTC().Format(time.RFC3339Nano),
+		fieldVersion, strconv.FormatUint(a.Version, 10),
+		fieldSeq, strconv.FormatUint(a.AppliedSeq, 10),
+		fieldWorker, packWorker(a),
+	}
+}
+
+// appendFields appends the hash pairs of a that differ from before (all of them
+// when before is nil) as script arguments and returns how many pairs. It
+// compares the fields themselves, and passes the names as constants (which
+// need no allocation), since this runs for every change.
+func appendFields(args []any, before *handlers.Agent, a handlers.Agent) ([]any, int) {
+	n := 0
+	all := before == nil
+	var b handlers.Agent
+	if !all {
+		b = *before
+	}
+	if all || a.PresenceID != b.PresenceID {
+		args, n = append(args, fieldPresenceID, a.PresenceID), n+1
+	}
+	if all || a.Name != b.Name {
+		args, n = append(args, fieldName, a.Name), n+1
+	}
+	if all || a.Text != b.Text {
+		args, n = append(args, fieldText, a.Text), n+1
+	}
+	if all || a.BaseStatus != b.BaseStatus {
+		args, n = append(args, fieldBaseStatus, string(a.BaseStatus)), n+1
+	}
+	if all || a.SignedIn != b.SignedIn {
+		v := "false"
+		if a.SignedIn {
+			v = "true"
+		}
+		args, n = append(args, fieldSignedIn, v), n+1
+	}
+	if all || !a.Since.Equal(b.Since) {
+		args, n = append(args, fieldSince, a.Since.UTC().Format(time.RFC3339Nano)), n+1
+	}
+	if all || a.Version != b.Version {
+		args, n = append(args, fieldVersion, strconv.FormatUint(a.Version, 10)), n+1
+	}
+	if all || a.AppliedSeq != b.AppliedSeq {
+		args, n = append(args, fieldSeq, strconv.FormatUint(a.AppliedSeq, 10)), n+1
+	}
+	if all || !sameWorker(b, a) {
+		args, n = append(args, fieldWorker, packWorker(a)), n+1
+	}
+	return args, n
+}
+
+// changedFields is appendFields as field, value strings.
+func changedFields(before, a handlers.Agent) []string {
+	args, _ := appendFields(nil, &before, a)
+	out := make([]string, len(args))
+	for i, v := range args {
+		out[i] = v.(string)
+	}
+	return out
+}
+
+// sameWorker reports whether two states pack to the same worker field.
+func sameWorker(a, b handlers.Agent) bool {
+	if a.Origin != b.Origin || a.Reason != b.Reason || a.Actor != b.Actor || a.DefaultPresenceID != b.DefaultPresenceID ||
+		len(a.Sessions) != len(b.Sessions) || (a.Capacity == nil) != (b.Capacity == nil) || (a.Held == nil) != (b.Held == nil) {
+		return false
+	}
+	if a.Capacity != nil && *a.Capacity != *b.Capacity {
+		return false
+	}
+	if a.Held != nil && (a.Held.PresenceID != b.Held.PresenceID || a.Held.BaseStatus != b.Held.BaseStatus ||
+		a.Held.Origin != b.Held.Origin || nanos(a.Held.ExpiredAt) != nanos(b.Held.ExpiredAt)) {
+		return false
+	}
+	for i, s := range a.Sessions {
+		if s.ID != b.Sessions[i].ID || nanos(s.Deadline) != nanos(b.Sessions[i].Deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// The worker field is "origin|reason|actor|capacity|default|sessions|held" with
+// trailing empty parts left out:
+//
+//	origin   m (manual), c (capacity), r (rejected), s (system)
+//	capacity used/total
+//	sessions id@deadline,... (deadline in unix nanoseconds, 0: none)
+//	held     presenceId/baseStatus/origin/expiredAt (unix nanoseconds)
+//
+// None of the separators can occur in what they separate: reasons, actors and
+// presence ids are fixed or [a-z0-9_-], session ids [A-Za-z0-9_.:-].
+var originCodes = map[handlers.Origin]string{
+	handlers.OriginManual: "m", handlers.OriginCapacity: "c", handlers.OriginRejected: "r", handlers.OriginSystem: "s",
+}
+
+var codeOrigins = map[string]handlers.Origin{"m": handlers.OriginManual, "c": handlers.OriginCapacity, "r": handlers.OriginRejected, "s": handlers.OriginSystem}
+
+func packWorker(a handlers.Agent) string {
+	parts := make([]string, 7)
+	parts[0] = originCodes[a.Origin]
+	parts[1] = string(a.Reason)
+	parts[2] = a.Actor
+	if c := a.Capacity; c != nil {
+		parts[3] = strconv.Itoa(c.Used) + "/" + strconv.Itoa(c.Total)
+	}
+	parts[4] = a.DefaultPresenceID
+	if len(a.Sessions) > 0 {
+		var b strings.Builder
+		for i, s := range a.Sessions {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(s.ID)
+			b.WriteByte('@')
+			b.WriteString(strconv.FormatInt(nanos(s.Deadline), 10))
+		}
+		parts[5] = b.String()
+	}
+	if h := a.Held; h != nil {
+		parts[6] = h.PresenceID + "/" + string(h.BaseStatus) + "/" + originCodes[h.Origin] + "/" + strconv.FormatInt(nanos(h.ExpiredAt), 10)
+	}
+	n := len(parts)
+	for n > 0 && parts[n-1] == "" {
+		n--
+	}
+	return strings.Join(parts[:n], "|")
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(s string) (time.Time, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n == 0 {
+		return time.Time{}, err
+	}
+	return time.Unix(0, n).UTC(), nil
+}
+
+func unpackWorker(a *handlers.Agent, w string) error {
+	parts := strings.Split(w, "|")
+	if len(parts) > 7 {
+		return fmt.Errorf("%d parts, at most 7", len(parts))
+	}
+	parts = append(parts, make([]string, 7-len(parts))...)
+	if parts[0] != "" {
+		o, ok := codeOrigins[parts[0]]
+		if !ok {
+			return fmt.Errorf("origin %q", parts[0])
+		}
+		a.Origin = o
+	}
+	a.Reason, a.Actor = events.Reason(parts[1]), parts[2]
+	if parts[3] != "" {
+		used, total, ok := strings.Cut(parts[3], "/")
+		u, err1 := strconv.Atoi(used)
+		t, err2 := strconv.Atoi(total)
+		if !ok || err1 != nil || err2 != nil {
+			return fmt.Errorf("capacity %q, not used/total", parts[3])
+		}
+		a.Capacity = &handlers.Capacity{Used: u, Total: t}
+	}
+	a.DefaultPresenceID = parts[4]
+	if parts[5] != "" {
+		for _, s := range strings.Split(parts[5], ",") {
+			id, d, ok := strings.Cut(s, "@")
+			deadline, err := fromNanos(d)
+			if !ok || id == "" || err != nil {
+				return fmt.Errorf("session %q, not id@deadline", s)
+			}
+			a.Sessions = append(a.Sessions, handlers.Session{ID: id, Deadline: deadline})
+		}
+	}
+	if parts[6] != "" {
+		f := strings.Split(parts[6], "/")
+		if len(f) != 4 {
+			return fmt.Errorf("held presence %q", parts[6])
+		}
+		at, err := fromNanos(f[3])
+		o, ok := codeOrigins[f[2]]
+		if err != nil || (!ok && f[2] != "") {
+			return fmt.Errorf("held presence %q", parts[6])
+		}
+		a.Held = &handlers.Held{PresenceID: f[0], BaseStatus: events.BaseStatus(f[1]), Origin: o, ExpiredAt: at}
+	}
+	return nil
+}
+
+// agentFromFields reads a hash written by agentFields.
+func agentFromFields(id string, h map[string]string) (handlers.Agent, error) {
+	a := handlers.Agent{
+		ID:         id,
+		PresenceID: h[fieldPresenceID],
+		Name:       h[fieldName],
+		Text:       h[fieldText],
+		BaseStatus: events.BaseStatus(h[fieldBaseStatus]),
+	}
+	var err error
+	if a.SignedIn, err = strconv.ParseBool(h[fieldSignedIn]); err != nil {
+		return a, fmt.Errorf("agent %s: field %s: %w", id, fieldSignedIn, err)
+	}
+	if a.Since, err = time.Parse(time.RFC3339Nano, h[fieldSince]); err != nil {
+		return a, fmt.Errorf("agent %s: field %s: %w", id, fieldSince, err)
+	}
+	if a.Version, err = strconv.ParseUint(h[fieldVersion], 10, 64); err != nil {
+		return a, fmt.Errorf("agent %s: field %s: %w", id, fieldVersion, err)
+	}
+	if a.AppliedSeq, err = strconv.ParseUint(h[fieldSeq], 10, 64); err != nil {
+		return a, fmt.Errorf("agent %s: field %s: %w", id, fieldSeq, err)
+	}
+	if err := unpackWorker(&a, h[fieldWorker]); err != nil {
+		return a, fmt.Errorf("agent %s: field %s: %w", id, fieldWorker, err)
+	}
+	return a, nil
+}
+
+// DedupeKey is the dedupe entry key of an event: a cryptographic hash of its
+// source and id (separated by a byte neither may contain), so no producer can
+// make two events collide.
+func DedupeKey(source, id string) SeenKey {
+	h := sha256.New()
+	h.Write([]byte(source))
+	h.Write([]byte{0})
+	h.Write([]byte(id))
+	var sum [sha256.Size]byte
+	var k SeenKey
+	copy(k[:], h.Sum(sum[:0]))
+	return k
+}
+
+// EncodeSeen packs dedupe entries as 16-byte key plus 8-byte unix nanoseconds each.
+func EncodeSeen(entries []Seen) []byte {
+	b := make([]byte, 0, 24*len(entries))
+	for _, e := range entries {
+		b = appendSeen(b, e)
+	}
+	return b
+}
+
+func appendSeen(b []byte, e Seen) []byte {
+	b = append(b, e.Key[:]...)
+	return binary.BigEndian.AppendUint64(b, uint64(e.At.UnixNano()))
+}
+
+// DecodeSeen reads what EncodeSeen wrote.
+func DecodeSeen(b []byte) ([]Seen, error) {
+	if len(b)%24 != 0 {
+		return nil, fmt.Errorf("dedupe entries: %d bytes, not a multiple of 24", len(b))
+	}
+	out := make([]Seen, 0, len(b)/24)
+	for ; len(b) > 0; b = b[24:] {
+		var e Seen
+		copy(e.Key[:], b[:16])
+		var n uint64
+		for _, c := range b[16:24] {
+			n = n<<8 | uint64(c)
+		}
+		e.At = time.Unix(0, int64(n)).UTC()
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// An outbox is stored as 'o', the uvarint length of the dedupe entries, the
+// entries (EncodeSeen), then the status changes as a JSON array of Outgoing.
+// It is written with every change, so it is written by hand; strconv quoting
+// is JSON quoting for the printable ASCII of status ids (hex) and traceparents
+// (validated W3C values).
+const outboxMagic = 'o'
+
+func encodeOutbox(out []Outgoing, seen []Seen) []byte {
+	if len(out) == 0 && len(seen) == 0 {
+		return nil
+	}
+	b := make([]byte, 0, 600*len(out)+24*len(seen)+16)
+	b = append(b, outboxMagic)
+	b = binary.AppendUvarint(b, uint64(24*len(seen)))
+	for _, e := range seen {
+		b = appendSeen(b, e)
+	}
+	b = append(b, '[')
+	for i := range out {
+		o := &out[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"id":`...)
+		b = strconv.AppendQuote(b, o.ID)
+		b = append(b, `,"status":`...)
+		if o.Data != nil {
+			b = append(b, o.Data...)
+		} else {
+			b = append(b, events.MarshalStatus(&o.Status)...)
+		}
+		if o.TraceParent != "" {
+			b = append(b, `,"traceparent":`...)
+			b = strconv.AppendQuote(b, o.TraceParent)
+		}
+		b = append(b, '}')
+	}
+	return append(b, ']')
+}
+
+func decodeOutbox(b []byte) ([]Outgoing, []Seen, error) {
+	if len(b) == 0 {
+		return nil, nil, nil
+	}
+	if b[0] != outboxMagic {
+		return nil, nil, fmt.Errorf("decode outbox: unknown format %q", b[0])
+	}
+	n, k := binary.Uvarint(b[1:])
+	if k <= 0 || n > uint64(len(b)-1-k) {
+		return nil, nil, fmt.Errorf("decode outbox: bad dedupe entries length")
+	}
+	rest := b[1+k:]
+	seen, err := DecodeSeen(rest[:n])
+	if err != nil {
+		return nil, nil, fmt.Errorf("decode outbox: %w", err)
+	}
+	var out []Outgoing
+	if err := json.Unmarshal(rest[n:], &out); err != nil {
+		return nil, nil, fmt.Errorf("decode outbox: %w", err)
+	}
+	for i := range out {
+		out[i].Status.TraceParent = out[i].TraceParent
+	}
+	return out, seen, nil
+}
