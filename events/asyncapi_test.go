@@ -45,7 +45,7 @@ func TestAsyncAPIDocumentsEveryType(t *testing.T) {
 	for _, m := range doc.Components.Messages {
 		names = append(names, m.Name)
 	}
-	for _, typ := range append(events.InputTypes(), events.AgentStatusChanged, events.EventRejected) {
+	for _, typ := range slices.Concat(events.InputTypes(), events.RoutingTypes(), []events.Type{events.AgentStatusChanged, events.EventRejected}) {
 		if !slices.Contains(names, string(typ)) {
 			t.Errorf("type %s is not documented", typ)
 		}

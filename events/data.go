@@ -3,7 +3,9 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 	"unicode/utf8"
 )
@@ -18,20 +20,163 @@ func invalid(format string, args ...any) *Rejection {
 	return Reject(CodeInvalidData, fmt.Sprintf(format, args...))
 }
 
-// parseFields reads raw, which the caller has checked is valid JSON or empty.
+// parseFields reads raw, the data as sent. JSON that does not parse is malformed;
+// JSON that is not an object is invalid data.
 func parseFields(typ Type, raw []byte) (fields, *Rejection) {
 	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return fields{}, nil
+	if len(raw) == 0 || string(raw) == "null" || string(raw) == "{}" {
+		return nil, nil
 	}
 	if raw[0] != '{' {
+		if !json.Valid(raw) {
+			return nil, errNotJSON
+		}
 		return nil, invalid("data of %s must be a JSON object, not %s", typ, jsonKind(raw[0]))
+	}
+	if f, ok := scanFlat(raw); ok {
+		return f, nil
 	}
 	var f fields
 	if err := json.Unmarshal(raw, &f); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			return nil, errNotJSON
+		}
 		return nil, invalid("data of %s could not be read: %v", typ, err)
 	}
 	return f, nil
+}
+
+var errNotJSON = Reject(CodeMalformed, "data is not valid JSON; send the event data as a JSON object")
+
+// scanFlat reads the common shape of event data, a flat object of plain strings,
+// numbers, booleans and nulls, in one pass and without reflection. It reports
+// false for anything else (nested values, escapes, non-ASCII keys, invalid
+// JSON), which encoding/json then reads: what it accepts, encoding/json reads
+// the same way (a fuzz test holds it to that).
+func scanFlat(raw []byte) (fields, bool) {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return nil, false
+	}
+	f := fields{}
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		return f, skipSpace(raw, i+1) == len(raw)
+	}
+	for {
+		if i >= len(raw) || raw[i] != '"' {
+			return nil, false
+		}
+		j := i + 1
+		for j < len(raw) && raw[j] != '"' {
+			if c := raw[j]; c < 0x20 || c == '\\' || c >= 0x80 {
+				return nil, false
+			}
+			j++
+		}
+		if j >= len(raw) {
+			return nil, false
+		}
+		key := string(raw[i+1 : j])
+		i = skipSpace(raw, j+1)
+		if i >= len(raw) || raw[i] != ':' {
+			return nil, false
+		}
+		i = skipSpace(raw, i+1)
+		end, ok := scanScalar(raw, i)
+		if !ok {
+			return nil, false
+		}
+		f[key] = json.RawMessage(raw[i:end])
+		i = skipSpace(raw, end)
+		if i >= len(raw) {
+			return nil, false
+		}
+		switch raw[i] {
+		case ',':
+			i = skipSpace(raw, i+1)
+		case '}':
+			return f, skipSpace(raw, i+1) == len(raw)
+		default:
+			return nil, false
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// scanScalar returns the end of the string without escapes, number, boolean or
+// null at b[i:].
+func scanScalar(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return 0, false
+	}
+	switch c := b[i]; {
+	case c == '"':
+		for j := i + 1; j < len(b); j++ {
+			switch c := b[j]; {
+			case c == '"':
+				return j + 1, true
+			case c < 0x20 || c == '\\':
+				return 0, false
+			}
+		}
+		return 0, false
+	case c == '-' || (c >= '0' && c <= '9'):
+		return scanNumber(b, i)
+	}
+	for _, lit := range [...]string{"true", "false", "null"} {
+		if len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit {
+			return i + len(lit), true
+		}
+	}
+	return 0, false
+}
+
+// scanNumber follows JSON's number grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+func scanNumber(b []byte, i int) (int, bool) {
+	digits := func(i int) int {
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i
+	}
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		i = digits(i)
+	default:
+		return 0, false
+	}
+	if i < len(b) && b[i] == '.' {
+		j := digits(i + 1)
+		if j == i+1 {
+			return 0, false
+		}
+		i = j
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		j := digits(i)
+		if j == i {
+			return 0, false
+		}
+		i = j
+	}
+	return i, true
 }
 
 func jsonKind(first byte) string {
@@ -58,9 +203,15 @@ func (f fields) str(key string) (string, bool, *Rejection) {
 	if !f.given(key) {
 		return "", false, nil
 	}
+	raw := f[key]
+	// A plain string (no escapes, valid UTF-8) reads as its bytes; anything else
+	// goes through encoding/json, which also says what is wrong with it.
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && bytes.IndexByte(raw[1:n-1], '\\') < 0 && utf8.Valid(raw) {
+		return string(raw[1 : n-1]), true, nil
+	}
 	var s string
-	if err := json.Unmarshal(f[key], &s); err != nil {
-		return "", false, invalid("data.%s must be a string, got %s", key, f[key])
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", false, invalid("data.%s must be a string, got %s", key, raw)
 	}
 	return s, true, nil
 }
@@ -83,8 +234,10 @@ func (f fields) requiredInt(typ Type, key string) (int, *Rejection) {
 	if !f.given(key) {
 		return 0, invalid("data.%s is required for %s; set it to an integer", key, typ)
 	}
-	var n int
-	if err := json.Unmarshal(f[key], &n); err != nil {
+	// The object parsed, so the value is a JSON token: one Atoi accepts is an
+	// integer encoding/json would read into an int.
+	n, err := strconv.Atoi(string(f[key]))
+	if err != nil {
 		return 0, invalid("data.%s must be an integer, got %s", key, f[key])
 	}
 	return n, nil

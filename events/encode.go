@@ -25,6 +25,16 @@ const (
 // than through the SDK and reflection; writing by hand also means it cannot fail,
 // where encoding/json refuses times outside years 0-9999.
 func (s Subjects) EncodeStatus(source, id string, st StatusChanged) *nats.Msg {
+	return s.StatusMsg(source, id, st, MarshalStatus(&st))
+}
+
+// MarshalStatus writes the data of an agent.status.changed event, exactly as
+// encoding/json would (a test holds it to that).
+func MarshalStatus(st *StatusChanged) []byte { return appendStatusJSON(make([]byte, 0, 512), st) }
+
+// StatusMsg is EncodeStatus with the data already marshalled (MarshalStatus),
+// for a caller that also stores it.
+func (s Subjects) StatusMsg(source, id string, st StatusChanged, data []byte) *nats.Msg {
 	// Only a well-formed traceparent goes out: it is caller data written into a
 	// NATS header, where a line break would corrupt the protocol.
 	withTrace := st.TraceParent != "" && validTraceParent(st.TraceParent)
@@ -50,7 +60,7 @@ func (s Subjects) EncodeStatus(source, id string, st StatusChanged) *nats.Msg {
 	if withTrace {
 		set(hdrTraceParent, st.TraceParent)
 	}
-	return &nats.Msg{Subject: s.Status(st.AgentID), Header: h, Data: appendStatusJSON(make([]byte, 0, 512), &st)}
+	return &nats.Msg{Subject: s.Status(st.AgentID), Header: h, Data: data}
 }
 
 // appendStatusJSON writes st exactly as encoding/json would (a test holds it to that).

@@ -2,6 +2,7 @@ package events
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -112,4 +113,31 @@ func dataMatchesType(ev Event) bool {
 		return ev.Type == SessionExpired
 	}
 	return false
+}
+
+// FuzzScanFlat holds the fast reader of event data to encoding/json: whatever
+// it accepts must be valid JSON that encoding/json reads into the same fields.
+func FuzzScanFlat(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":"b"}`, ` { "used" : 1 , "total":2 } `, `{"a":true,"b":null,"c":-0.5e+3}`,
+		`{"a":"é"}`, `{"a":"x\"y"}`, `{"a":{"b":1}}`, `{"a":1,}`, `{"a":01}`, `{"a":1}x`, `{"a":1,"a":2}`, `{"a" 1}`, `{"a":"\u00e9"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, ok := scanFlat(raw)
+		if !ok {
+			return
+		}
+		var want fields
+		if err := json.Unmarshal(raw, &want); err != nil {
+			t.Fatalf("scanFlat accepted %q, encoding/json refuses it: %v", raw, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%q: %d fields, encoding/json reads %d", raw, len(got), len(want))
+		}
+		for k, v := range want {
+			if string(got[k]) != string(v) {
+				t.Fatalf("%q: field %q is %s, encoding/json reads %s", raw, k, got[k], v)
+			}
+		}
+	})
 }

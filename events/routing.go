@@ -39,14 +39,14 @@ func DecodeWorkstream(header map[string][]string, data []byte, id string) (ws Wo
 	if rej != nil {
 		return ws, false, rej
 	}
-	switch Type(ce.Type()) {
+	switch Type(ce.typ) {
 	case WorkstreamRemoved:
 		return Workstream{ID: id}, true, nil
 	case WorkstreamConfigured:
 	default:
-		return ws, false, Reject(CodeUnsupportedType, fmt.Sprintf("%q is not a workstream event", ce.Type()))
+		return ws, false, Reject(CodeUnsupportedType, fmt.Sprintf("%q is not a workstream event", ce.typ))
 	}
-	if err := json.Unmarshal(ce.Data(), &ws); err != nil {
+	if err := json.Unmarshal(ce.data, &ws); err != nil {
 		return ws, false, Reject(CodeInvalidData, "workstream.configured data: "+err.Error())
 	}
 	if ws.ID != id {
@@ -80,17 +80,5 @@ func NewWorkstreamEvent(s Subjects, typ Type, ws Workstream, id, source string) 
 	if typ == WorkstreamRemoved {
 		data = map[string]string{"id": ws.ID}
 	}
-	b, err := json.Marshal(data)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s: %w", typ, err)
-	}
-	m := nats.NewMsg(s.WorkstreamSubject(ws.ID))
-	m.Header.Set("ce-specversion", "1.0")
-	m.Header.Set("ce-id", id)
-	m.Header.Set("ce-source", source)
-	m.Header.Set("ce-type", string(typ))
-	m.Header.Set("content-type", "application/json")
-	m.Header.Set("Nats-Msg-Id", id)
-	m.Data = b
-	return m, nil
+	return NewRoutingEvent(s.WorkstreamSubject(ws.ID), typ, id, source, data)
 }

@@ -19,6 +19,9 @@ const (
 	Offline   BaseStatus = "offline"
 )
 
+// BaseStatuses returns the five base statuses.
+func BaseStatuses() []BaseStatus { return []BaseStatus{Available, Busy, BusyDND, Away, Offline} }
+
 // Valid reports whether b is one of the five base statuses.
 func (b BaseStatus) Valid() bool {
 	switch b {
@@ -45,25 +48,33 @@ const InactiveID = "inactive"
 // Builtins returns the six built-in presences in contract order. A fresh slice each
 // call keeps callers from mutating a shared table.
 func Builtins() []Presence {
-	mk := func(id, name string, b BaseStatus, sel bool) Presence {
-		return Presence{ID: id, Name: name, Text: name, BaseStatus: b, Selectable: sel, Builtin: true}
+	ids := []string{"available", "busy", "busy_dnd", "away", InactiveID, "offline"}
+	out := make([]Presence, len(ids))
+	for i, id := range ids {
+		out[i], _ = Builtin(id)
 	}
-	return []Presence{
-		mk("available", "Available", Available, true),
-		mk("busy", "Busy", Busy, true),
-		mk("busy_dnd", "Do not disturb", BusyDND, true),
-		mk("away", "Away", Away, true),
-		mk(InactiveID, "Inactive", Away, false),
-		mk("offline", "Offline", Offline, true),
-	}
+	return out
 }
 
-// Builtin returns the built-in presence with id, if there is one.
+// Builtin returns the built-in presence with id, if there is one. It is on the
+// path of every event, so it builds only the one asked for.
 func Builtin(id string) (Presence, bool) {
-	for _, p := range Builtins() {
-		if p.ID == id {
-			return p, true
-		}
+	mk := func(name string, b BaseStatus, sel bool) (Presence, bool) {
+		return Presence{ID: id, Name: name, Text: name, BaseStatus: b, Selectable: sel, Builtin: true}, true
+	}
+	switch id {
+	case "available":
+		return mk("Available", Available, true)
+	case "busy":
+		return mk("Busy", Busy, true)
+	case "busy_dnd":
+		return mk("Do not disturb", BusyDND, true)
+	case "away":
+		return mk("Away", Away, true)
+	case InactiveID:
+		return mk("Inactive", Away, false)
+	case "offline":
+		return mk("Offline", Offline, true)
 	}
 	return Presence{}, false
 }
