@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"log/slog"
 	"strings"
 	"time"
@@ -42,10 +44,24 @@ type Config struct {
 	StreamReplicas int
 	// SweepInterval is how often owned partitions are checked for expired sessions. Default 1s.
 	SweepInterval time.Duration
+	// A partition checkpoints (writes durable copies of the agents it changed,
+	// and its record, to JetStream and the store) once CheckpointInputs inputs
+	// were handled since the last checkpoint, once CheckpointInterval has
+	// passed, or as soon as it has been quiet for a SweepInterval; and when it
+	// is released. A new owner, and a rebuild after the store lost data, replay
+	// the inputs since the last checkpoint: the thresholds bound that replay,
+	// and the cost of checkpoints grows with the agents changed, not with the
+	// inputs. Defaults 20000 and 30s.
+	CheckpointInputs   int
+	CheckpointInterval time.Duration
 	// AckWait is the input consumers' ack wait. Default 30s.
 	AckWait time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Tracer records a span per traced input event (one with a traceparent);
+	// the status events it causes carry that span as their parent. Default: the
+	// no-op tracer, with which the input's traceparent is carried on unchanged.
+	Tracer trace.Tracer
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -89,8 +105,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = time.Second
 	}
+	if c.CheckpointInterval <= 0 {
+		c.CheckpointInterval = 30 * time.Second
+	}
+	if c.CheckpointInputs <= 0 {
+		c.CheckpointInputs = 20000
+	}
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
+	}
+	if c.Tracer == nil {
+		c.Tracer = noop.NewTracerProvider().Tracer("")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -52,9 +52,16 @@ func presencedBinary(t *testing.T) string {
 func (e *env) startProcess(extraEnv ...string) *exec.Cmd {
 	e.t.Helper()
 	cmd := exec.Command(presencedBinary(e.t))
+	natsURL, redisURL := e.natsURL, e.redisURL
+	if natsURL == "" {
+		natsURL = e.nats.ClientURL()
+	}
+	if redisURL == "" {
+		redisURL = e.redis.URL()
+	}
 	cmd.Env = append(os.Environ(),
-		"PRESENCED_NATS_URL="+e.nats.ClientURL(),
-		"PRESENCED_REDIS_URL="+e.redis.URL(),
+		"PRESENCED_NATS_URL="+natsURL,
+		"PRESENCED_REDIS_URL="+redisURL,
 		"PRESENCED_HTTP_ADDR=",
 		"PRESENCED_PARTITIONS=4",
 		"PRESENCED_LEASE_TTL=1s",
@@ -75,33 +82,11 @@ func (e *env) startProcess(extraEnv ...string) *exec.Cmd {
 	return cmd
 }
 
-// workload publishes a deterministic mix in which most events change status.
+// workload publishes a deterministic mix in which most events change status
+// and returns how many events it published.
 func (e *env) workload(agents, rounds int) int {
-	n := 0
-	for r := range rounds {
-		for i := range agents {
-			a := fmt.Sprintf("k-%d", i)
-			var typ events.Type
-			var data any
-			switch r % 6 {
-			case 0:
-				typ, data = events.AgentLogin, sess{}
-			case 1:
-				typ, data = events.AgentPresenceSet, events.PresenceSetData{PresenceID: "busy"}
-			case 2:
-				typ, data = events.NotificationMissed, events.NotificationData{}
-			case 3:
-				typ, data = events.AgentCapacityChanged, events.CapacityData{Used: 0, Total: 2}
-			case 4:
-				typ, data = events.AgentPresenceSet, events.PresenceSetData{PresenceID: "available"}
-			case 5:
-				typ, data = events.AgentLogout, sess{}
-			}
-			e.publish(typ, a, data)
-			n++
-		}
-	}
-	return n
+	e.load("k", agents, 0, rounds)
+	return agents * rounds
 }
 
 // oracle replays the input stream through the pure rules: the status changes

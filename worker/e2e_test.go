@@ -232,6 +232,47 @@ func TestRejections(t *testing.T) {
 	}
 }
 
+// TestPartitionTokenFromProducer: a subject that already carries a partition
+// token, not the agent's, is a dead letter and never touches the agent.
+func TestPartitionTokenFromProducer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startWorker()
+	const agent = "pt-1"
+	wrong := (worker.PartitionOf(agent, 4) + 1) % 4
+	// Subjects outside the contract's shapes are refused at the door, so the
+	// publisher learns of it and nothing is stored where no consumer reads.
+	for _, subject := range []string{
+		fmt.Sprintf("presence.in.agent.%d.%s", wrong, agent), // a partition token of its own
+		"presence.in.agent", // no agent
+		"presence.in.agent.pt-1.extra",
+		"presence.in.configuration",
+	} {
+		m, err := events.NewInput(e.subj, events.AgentLogin, agent, "forged-"+subject, "test", sess{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Subject = subject
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_, err = e.js.PublishMsg(ctx, m)
+		cancel()
+		if err == nil {
+			t.Errorf("publish on %s was stored", subject)
+		}
+	}
+	e.publish(events.AgentLogin, agent, sess{})
+	if st := e.waitVersion(agent, 1); strings.HasPrefix(st.Cause.ID, "forged-") {
+		t.Fatalf("a forged login was applied: %+v", st)
+	}
+	// An unknown role still has the contract's shape: stored, and dead-lettered.
+	m, _ := events.NewInput(e.subj, events.AgentLogin, agent, "odd-role", "test", sess{})
+	m.Subject = "presence.in.desk." + agent
+	e.publishMsg(m)
+	if got := e.rejections(1); got[0].Code != events.CodeWrongSubject {
+		t.Fatalf("rejection = %+v", got[0])
+	}
+}
+
 // TestDuplicates: a redelivered message and the same source+id published again
 // as a new message have no second effect.
 func TestDuplicates(t *testing.T) {

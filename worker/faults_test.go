@@ -2,14 +2,20 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/internal/workertest"
+	"github.com/presenced/presenced/state"
+	"github.com/presenced/presenced/worker"
 )
 
 // TestExpiryOnceWithReplicas: with three replicas sweeping, every expired session
@@ -90,6 +96,112 @@ func TestRedisUnavailable(t *testing.T) {
 	if info, err := stream.Info(context.Background()); err != nil || info.State.Msgs != 0 {
 		t.Fatalf("rejections while Redis was down: %+v %v", info.State, err)
 	}
+	e.expectNoDuplicates()
+}
+
+// TestCheckpointFailureRetried: a checkpoint that fails after its batch was
+// acknowledged is retried until it lands, holding the partition back meanwhile
+// (readyz fails), and every status change is out once.
+func TestCheckpointFailureRetried(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var failing atomic.Bool
+	var failures atomic.Int32
+	recovered := make(chan struct{})
+	var once sync.Once
+	w := e.startWorkerWithHooks(worker.Hooks{BeforeCheckpoint: func(context.Context) error {
+		if !failing.Load() {
+			return nil
+		}
+		if failures.Add(1) <= 3 {
+			return errors.New("injected: checkpoint not written")
+		}
+		once.Do(func() { close(recovered) })
+		return nil
+	}}, func(c *worker.Config) { c.CheckpointInterval = 50 * time.Millisecond })
+	const n = 8
+	for i := range n {
+		e.publish(events.AgentLogin, fmt.Sprintf("f-%d", i), sess{})
+	}
+	for i := range n {
+		expectStatus(t, e.waitVersion(fmt.Sprintf("f-%d", i), 1), "available", events.ReasonLogin, true)
+	}
+	failing.Store(true)
+	for i := range n {
+		e.publish(events.AgentPresenceSet, fmt.Sprintf("f-%d", i), events.PresenceSetData{PresenceID: "busy"})
+	}
+	for i := range n {
+		expectStatus(t, e.waitVersion(fmt.Sprintf("f-%d", i), 2), "busy", events.ReasonManual, true)
+	}
+	select {
+	case <-recovered:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the checkpoint did not recover: %d failures", failures.Load())
+	}
+	for i := range n {
+		e.publish(events.AgentPresenceSet, fmt.Sprintf("f-%d", i), events.PresenceSetData{PresenceID: "away"})
+	}
+	for i := range n {
+		expectStatus(t, e.waitVersion(fmt.Sprintf("f-%d", i), 3), "away", events.ReasonManual, true)
+	}
+	e.waitReady(w)
+	e.expectNoDuplicates()
+}
+
+// replyLost is the real Redis store, except that while armed a commit is applied
+// and then reported failed: what a client sees when the server goes away after
+// applying a script and before its reply.
+type replyLost struct {
+	state.Store
+	armed atomic.Int32
+	lost  atomic.Int32
+}
+
+func (s *replyLost) Commit(ctx context.Context, p int, commits []state.Commit, index []state.IndexEntry) ([]bool, error) {
+	ok, err := s.Store.Commit(ctx, p, commits, index)
+	if err == nil && len(commits) > 0 && s.armed.Add(-1) >= 0 {
+		s.lost.Add(1)
+		return nil, errors.New("injected: connection closed before the reply")
+	}
+	return ok, err
+}
+
+// TestCommitReplyLost: a commit the store applied but whose reply never came
+// looks like a store that moved under the owner; the partition is taken over
+// again, and the changes of that commit, in the store's outbox only, still go
+// out, once and in order.
+func TestCommitReplyLost(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	store := &replyLost{Store: newRedisStore(e)}
+	cfg := testConfig(t)
+	cfg.Partitions = 1
+	w, _ := workertest.StartWithHooks(t, e.nats.Conn(t), store, cfg, worker.Hooks{})
+	e.status = e.collect()
+	const n = 6
+	for i := range n {
+		e.publish(events.AgentLogin, fmt.Sprintf("l-%d", i), sess{})
+	}
+	for i := range n {
+		e.waitVersion(fmt.Sprintf("l-%d", i), 1)
+	}
+	store.armed.Store(1)
+	for i := range n {
+		e.publish(events.AgentPresenceSet, fmt.Sprintf("l-%d", i), events.PresenceSetData{PresenceID: "busy"})
+	}
+	for i := range n {
+		expectStatus(t, e.waitVersion(fmt.Sprintf("l-%d", i), 2), "busy", events.ReasonManual, true)
+	}
+	if store.lost.Load() != 1 {
+		t.Fatalf("%d replies lost, want 1", store.lost.Load())
+	}
+	for i := range n {
+		e.publish(events.AgentPresenceSet, fmt.Sprintf("l-%d", i), events.PresenceSetData{PresenceID: "away"})
+	}
+	for i := range n {
+		expectStatus(t, e.waitVersion(fmt.Sprintf("l-%d", i), 3), "away", events.ReasonManual, true)
+	}
+	e.waitReady(w)
 	e.expectNoDuplicates()
 }
 

@@ -34,6 +34,9 @@ type env struct {
 	nextID  int
 	mu      sync.Mutex
 	workers []context.CancelFunc
+	// natsURL and redisURL, when set, replace the single servers' URLs for
+	// worker processes (clusters).
+	natsURL, redisURL string
 }
 
 // testConfig makes failures readable: logs name the test, and
@@ -66,11 +69,16 @@ func (e *env) init() {
 // startWorker runs an in-process replica with Redis state until the test ends.
 func (e *env) startWorker(mutate ...func(*worker.Config)) *worker.Worker {
 	e.t.Helper()
+	return e.startWorkerWithHooks(worker.Hooks{}, mutate...)
+}
+
+func (e *env) startWorkerWithHooks(hooks worker.Hooks, mutate ...func(*worker.Config)) *worker.Worker {
+	e.t.Helper()
 	cfg := testConfig(e.t)
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	w, _ := workertest.Start(e.t, e.nats.Conn(e.t), newRedisStore(e), cfg)
+	w, _ := workertest.StartWithHooks(e.t, e.nats.Conn(e.t), newRedisStore(e), cfg, hooks)
 	if e.status == nil {
 		e.status = e.collect()
 	}
@@ -176,6 +184,14 @@ func describe(l []events.StatusChanged) string {
 // publish sends one binary-mode input event and returns its id.
 func (e *env) publish(typ events.Type, agent string, data any) string {
 	e.t.Helper()
+	m := e.input(typ, agent, data)
+	e.publishMsg(m)
+	return m.Header.Get("ce-id")
+}
+
+// input builds the next binary-mode input event, with an id unique in the test.
+func (e *env) input(typ events.Type, agent string, data any) *nats.Msg {
+	e.t.Helper()
 	e.mu.Lock()
 	e.nextID++
 	id := fmt.Sprintf("%s-%d", e.t.Name(), e.nextID)
@@ -184,8 +200,7 @@ func (e *env) publish(typ events.Type, agent string, data any) string {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.publishMsg(m)
-	return id
+	return m
 }
 
 func (e *env) publishMsg(m *nats.Msg) uint64 {

@@ -12,6 +12,10 @@ type metrics struct {
 	owned     prometheus.Gauge
 	rebuilds  prometheus.Counter
 	latency   prometheus.Histogram
+	// pending is what each owned partition's consumer has left to deliver.
+	pending       *prometheus.GaugeVec
+	redeliveries  prometheus.Counter
+	backendErrors *prometheus.CounterVec
 }
 
 // newMetrics registers the worker's metrics with reg (a registry per worker, so
@@ -42,6 +46,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help:    "From the time JetStream stored an input event to the time its outcome was published and acknowledged.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 	})
-	reg.MustRegister(m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds, m.latency)
+	m.pending = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "presenced_consumer_pending", Help: "Input messages an owned partition's consumer has still to deliver.",
+	}, []string{"partition"})
+	m.redeliveries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "presenced_redeliveries_total", Help: "Input messages JetStream delivered more than once (after an ack wait or a nak).",
+	})
+	m.backendErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "presenced_backend_errors_total", Help: "Failed calls to the state store (backend redis or memory) and to NATS, by operation.",
+	}, []string{"backend", "op"})
+	reg.MustRegister(m.backendErrors, m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds, m.latency, m.pending, m.redeliveries)
 	return m
 }

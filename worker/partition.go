@@ -11,58 +11,208 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/presenced/presenced/handlers"
 	"github.com/presenced/presenced/state"
 )
 
 // partition runs one owned input partition: a durable consumer created for this
-// lease, read in stream order, one batch at a time.
+// lease, read in stream order, one batch at a time. The owner keeps every agent
+// it touched in memory, exactly as it last wrote it, so the hot path never reads
+// the store: each write is a compare-and-set on the sequence the owner holds.
 type partition struct {
-	w     *Worker
-	p     int
-	rev   uint64
-	log   *slog.Logger
-	rec   state.Partition
-	cons  jetstream.Consumer
-	input jetstream.Stream
+	w   *Worker
+	p   int
+	rev uint64
+	log *slog.Logger
+
+	// rec is the partition's record as of pos: its configuration and the
+	// checkpoint; stored is the record as last written to the store.
+	rec, stored state.Partition
+	// pos is the input sequence up to which every message of the partition is
+	// handled, published and acknowledged.
+	pos         uint64
+	configDirty bool // the configuration changed since the last checkpoint
+	cons        jetstream.Consumer
+	input       jetstream.Stream
+
+	agents map[string]*agentEntry
+	// dirty holds the agents changed since the last checkpoint.
+	dirty map[string]bool
+	// drop holds agents whose stored outbox is published, with the sequence it
+	// was stored at: the agent's next commit replaces it, or the next checkpoint
+	// deletes it if the store still holds that sequence.
+	drop           map[string]uint64
+	lastCheckpoint time.Time
+	// sinceCheckpoint counts the inputs handled since the last checkpoint;
+	// lastBatch is when the last batch was handled.
+	sinceCheckpoint int
+	lastBatch       time.Time
+	// floor is the last input the previous owner had acknowledged when this one
+	// took over; uncertainUpTo the last it was given: it may have published
+	// changes for inputs up to there that the store no longer shows.
+	floor, uncertainUpTo uint64
+	// lastDelivery is the consumer sequence of the last message, to notice one
+	// lost on its way (a reconnect): acknowledging past it would skip it.
+	lastDelivery uint64
+	replaying    bool
+
 	// fired remembers expiry events already published by this run, so the sweeper
 	// does not republish them every tick while they wait in the input stream.
 	fired map[string]time.Time
+}
+
+func newPartition(w *Worker, p int, rev uint64) *partition {
+	return &partition{w: w, p: p, rev: rev, log: w.log.With("partition", p),
+		agents: map[string]*agentEntry{}, dirty: map[string]bool{}, drop: map[string]uint64{}, fired: map[string]time.Time{}}
+}
+
+// agentEntry is what an owner knows of one agent.
+type agentEntry struct {
+	// agent is the state as stored (agent.AppliedSeq is the stored sequence).
+	agent handlers.Agent
+	// seq is the last input handled for the agent, which may be past what is
+	// stored: an input that changed nothing is not written.
+	seq uint64
+	// seen holds the dedupe entries inside the window, oldest first; the first
+	// saved of them are in the store as of the last checkpoint (SaveSeen), the
+	// rest go with each commit.
+	seen  []state.Seen
+	saved int
+	// outbox holds committed changes not yet known to be published.
+	outbox       []state.Outgoing
+	outboxStored bool // the store holds an outbox for the agent
+	// uncertain: some of outbox may be out already (a previous owner or a failed
+	// publish): the status stream is checked before publishing it.
+	uncertain bool
+	// indexed: this owner wrote the agent's index entries.
+	indexed bool
+}
+
+func (e *agentEntry) clone() *agentEntry {
+	c := *e
+	c.seen = append([]state.Seen(nil), e.seen...)
+	c.outbox = append([]state.Outgoing(nil), e.outbox...)
+	return &c
+}
+
+// seenWithin reports whether key was applied less than window before at.
+func (e *agentEntry) seenWithin(key state.SeenKey, at time.Time, window time.Duration) bool {
+	for _, s := range e.seen {
+		if s.Key == key && at.Sub(s.At) < window {
+			return true
+		}
+	}
+	return false
+}
+
+// prune forgets dedupe entries that left the window of the newest one.
+func (e *agentEntry) prune(window time.Duration) {
+	if len(e.seen) == 0 {
+		return
+	}
+	newest := e.seen[len(e.seen)-1].At
+	i := 0
+	for i < len(e.seen) && newest.Sub(e.seen[i].At) >= window {
+		i++
+	}
+	e.seen = e.seen[i:]
+	e.saved = max(0, e.saved-i)
+}
+
+// load makes sure the agents are in memory, reading the missing ones from the
+// store in one call.
+func (pt *partition) load(ctx context.Context, ids []string) error {
+	var missing []string
+	for _, id := range ids {
+		if _, ok := pt.agents[id]; !ok && !contains(missing, id) {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	recs, err := pt.w.store.Load(ctx, missing)
+	if err != nil {
+		return fmt.Errorf("load agents: %w", err)
+	}
+	// Read after loading, so agents read from a store that lost its data are never used.
+	if err := pt.verifyStore(ctx); err != nil {
+		return err
+	}
+	for _, r := range recs {
+		stored := r.HasOutbox
+		e := &agentEntry{agent: r.Agent, seq: r.Agent.AppliedSeq, seen: r.Seen, outbox: r.Outbox, outboxStored: stored}
+		if stored {
+			// Its dedupe entries may be in the outbox only: the next checkpoint
+			// saves them before the outbox goes.
+			pt.dirty[r.Agent.ID] = true
+		}
+		switch {
+		case len(r.Outbox) == 0:
+			if stored {
+				pt.drop[r.Agent.ID] = r.Agent.AppliedSeq
+			}
+		case r.Agent.AppliedSeq <= pt.floor:
+			// Its inputs were acknowledged, which happens only once it is published.
+			e.outbox = nil
+			pt.drop[r.Agent.ID] = r.Agent.AppliedSeq
+		default:
+			// A previous owner may have published part of it.
+			e.uncertain = true
+		}
+		pt.agents[r.Agent.ID] = e
+	}
+	return nil
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 // takeOver prepares a freshly claimed partition. JetStream redelivers a dead
 // owner's unacknowledged messages only after their ack wait and interleaved with
 // new ones, which would break per-agent order; so instead of inheriting the old
 // consumer, a new one is created that starts right after the old one's ack floor
-// and delivers everything from there in stream order. Messages already applied
-// are recognised by the agent's applied sequence.
+// and delivers everything from there in stream order.
+//
+// Before that the store is brought up to the ack floor: from the checkpoint the
+// store's record names, or, when the store lost or rewound the partition (its
+// record is missing or behind the one kept in JetStream), from the agents'
+// durable copies, by replaying the inputs since the checkpoint through the rules.
 func (pt *partition) takeOver(ctx context.Context) error {
 	w := pt.w
-	rec, err := w.store.LoadPartition(ctx, pt.p)
-	if err != nil {
-		return fmt.Errorf("load partition %d: %w", pt.p, err)
-	}
-	loaded := rec
-	drec, ok, err := pt.durablePartition(ctx)
-	if err != nil {
-		return err
-	}
-	if ok && stale(rec, drec) {
-		pt.log.Warn("state store is behind JetStream: rebuilding", "store_floor", rec.Floor, "durable_floor", drec.Floor, "store_marker", rec.Marker)
-		if err := pt.rebuild(ctx, drec); err != nil {
-			return err
-		}
-		rec = drec
-	}
-	pt.rec = rec
 	stream, err := w.js.Stream(ctx, w.names.InputStream())
 	if err != nil {
 		return fmt.Errorf("input stream: %w", err)
 	}
 	pt.input = stream
+	stored, found, err := w.store.LoadPartition(ctx, pt.p)
+	if err != nil {
+		return fmt.Errorf("load partition %d: %w", pt.p, err)
+	}
+	durable, hasDurable, err := pt.durablePartition(ctx)
+	if err != nil {
+		return err
+	}
+	pt.stored, pt.rec = stored, stored
+	rebuild := hasDurable && (!found || strings.HasPrefix(stored.Marker, rebuildMarker) || stored.Seq < durable.Seq)
+	if rebuild {
+		pt.log.Warn("state store is behind JetStream: rebuilding", "store_checkpoint", stored.Seq, "durable_checkpoint", durable.Seq,
+			"store_marker", stored.Marker)
+		if err := pt.restore(ctx, durable); err != nil {
+			return err
+		}
+	}
+
+	// Where the previous owner got to.
 	prefix := w.names.consumerPrefix(pt.p)
 	var old []string
-	var start uint64
-	var newest uint64
+	var floor, delivered, newest uint64
 	for name := range stream.ConsumerNames(ctx).Name() {
 		r, ok := strings.CutPrefix(name, prefix)
 		if !ok {
@@ -80,26 +230,34 @@ func (pt *partition) takeOver(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("consumer %s: %w", name, err)
 		}
-		newest, start = rv, c.CachedInfo().AckFloor.Stream+1
+		info := c.CachedInfo()
+		newest, floor, delivered = rv, info.AckFloor.Stream, info.Delivered.Stream
 	}
-	// The partition record also keeps a floor, for when the consumers are gone
-	// (removed after long inactivity): starting lower only costs skipped messages.
-	if start == 0 && rec.Floor > 0 {
-		start = rec.Floor + 1
+	floor = max(floor, pt.rec.Seq)
+	pt.floor, pt.uncertainUpTo = floor, delivered
+	if err := pt.replay(ctx, pt.rec.Seq, floor); err != nil {
+		return err
 	}
+	if rebuild {
+		if err := pt.freshLeases(ctx); err != nil {
+			return err
+		}
+		w.metrics.rebuilds.Inc()
+	}
+
 	cc := jetstream.ConsumerConfig{
 		Durable:           w.names.consumerName(pt.p, pt.rev),
 		Description:       fmt.Sprintf("presenced partition %d, lease %s", pt.p, w.cfg.InstanceID),
 		FilterSubject:     fmt.Sprintf("%s.in.*.%d.*", w.cfg.Prefix, pt.p),
-		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckPolicy:         jetstream.AckAllPolicy,
 		AckWait:           w.cfg.AckWait,
 		MaxAckPending:     4 * w.cfg.BatchSize,
 		MaxDeliver:        -1,
 		InactiveThreshold: 24 * time.Hour,
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
 	}
-	if start > 1 {
-		cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
+	if floor > 0 {
+		cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
 	}
 	cons, err := w.js.CreateOrUpdateConsumer(ctx, w.names.InputStream(), cc)
 	if err != nil {
@@ -111,19 +269,18 @@ func (pt *partition) takeOver(ctx context.Context) error {
 		}
 	}
 	pt.cons = cons
-	pt.rec = loaded // the takeover's record replaces the one it judged, or nothing
-	rec.Marker = fmt.Sprintf("%s/%d", w.cfg.InstanceID, pt.rev)
-	if start > 1 && start-1 > rec.Floor {
-		rec.Floor = start - 1
-	}
-	if err := pt.savePartition(ctx, rec); err != nil {
+	// Claim the store's record: from now on a record with another marker means
+	// another owner, or a store that lost this one's data.
+	pt.rec.Marker = fmt.Sprintf("%s/%d", w.cfg.InstanceID, pt.rev)
+	if err := pt.checkpoint(ctx, true); err != nil {
 		return err
 	}
-	pt.log.Info("partition taken over", "start", start, "previous_consumers", len(old))
+	pt.log.Info("partition taken over", "start", floor+1, "previous_consumers", len(old), "rebuilt", rebuild)
 	return nil
 }
 
-// run consumes the partition until ctx ends, then finishes the batch in hand.
+// run consumes the partition until ctx ends, then finishes the batch in hand and
+// leaves a checkpoint, so the next owner has little to replay.
 func (pt *partition) run(ctx context.Context) error {
 	w := pt.w
 	msgs := make(chan jetstream.Msg, w.cfg.BatchSize)
@@ -138,6 +295,14 @@ func (pt *partition) run(ctx context.Context) error {
 		return fmt.Errorf("consume partition %d: %w", pt.p, err)
 	}
 	defer cc.Stop()
+	defer func() {
+		// Bounded, so a store that hangs cannot hold up a shutdown.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := pt.checkpoint(cctx, false); err != nil && !errors.Is(err, errStoreChanged) {
+			pt.log.Warn("final checkpoint", "err", err)
+		}
+	}()
 	sweep := time.NewTicker(w.cfg.SweepInterval)
 	defer sweep.Stop()
 	batch := make([]jetstream.Msg, 0, w.cfg.BatchSize)
@@ -147,27 +312,8 @@ func (pt *partition) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-sweep.C:
-			// Bounded, so a store that hangs cannot keep the partition from its input.
-			tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			if time.Since(lastCheck) > 3*time.Second {
-				lastCheck = time.Now()
-				if err := pt.verifyStore(tctx); errors.Is(err, errStoreChanged) {
-					cancel()
-					return err
-				}
-			}
-			if err := pt.sweep(tctx); err != nil && ctx.Err() == nil {
-				pt.log.Warn("sweep", "err", err)
-			}
-			upTo, err := pt.idleUpTo(tctx, msgs)
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				pt.log.Debug("idle check", "err", err)
-			}
-			if upTo > pt.rec.Config.Seq {
-				if err := pt.handleWithRetry(ctx, nil, upTo); err != nil {
-					return err
-				}
+			if err := pt.idle(ctx, msgs, &lastCheck); err != nil {
+				return err
 			}
 			continue
 		case m := <-msgs:
@@ -182,14 +328,82 @@ func (pt *partition) run(ctx context.Context) error {
 				break fill
 			}
 		}
-		items := make([]item, len(batch))
-		for i, m := range batch {
-			items[i] = w.decode(m)
+		items := make([]item, 0, len(batch))
+		for _, m := range batch {
+			if err := pt.inOrder(m); err != nil {
+				return err
+			}
+			items = append(items, w.decode(m))
 		}
+		w.metrics.pending.WithLabelValues(strconv.Itoa(pt.p)).Set(float64(items[len(items)-1].pending))
 		if err := pt.handleWithRetry(ctx, items, items[len(items)-1].ev.Seq); err != nil {
 			return err
 		}
+		pt.sinceCheckpoint += len(items)
+		pt.lastBatch = time.Now()
+		if pt.sinceCheckpoint >= w.cfg.CheckpointInputs || time.Since(pt.lastCheckpoint) >= w.cfg.CheckpointInterval {
+			if err := pt.checkpointWithRetry(ctx); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+// errLostDelivery stops a partition whose consumer skipped a message on its way
+// to this owner; the takeover that follows starts again from the ack floor.
+var errLostDelivery = errors.New("a message was lost on its way from the consumer")
+
+// inOrder checks that m is the consumer's next delivery. A message lost on its
+// way (a reconnect) comes back only after the ack wait, after later ones: with
+// acknowledgements that cover everything before them, handling on would skip it.
+func (pt *partition) inOrder(m jetstream.Msg) error {
+	meta, err := m.Metadata()
+	if err != nil {
+		return nil // decoded as malformed
+	}
+	if meta.NumDelivered > 1 {
+		pt.w.metrics.redeliveries.Inc()
+	}
+	if pt.lastDelivery != 0 && meta.Sequence.Consumer != pt.lastDelivery+1 {
+		pt.log.Warn("consumer delivery out of order: restarting the partition from its ack floor",
+			"delivery", meta.Sequence.Consumer, "expected", pt.lastDelivery+1, "seq", meta.Sequence.Stream)
+		return errLostDelivery
+	}
+	pt.lastDelivery = meta.Sequence.Consumer
+	return nil
+}
+
+// idle runs between batches on a timer: expiry sweep, cleanup, the store check,
+// configuration events that arrived while the partition had nothing to do, and
+// a due checkpoint.
+func (pt *partition) idle(ctx context.Context, buffered chan jetstream.Msg, lastCheck *time.Time) error {
+	w := pt.w
+	// Bounded, so a store that hangs cannot keep the partition from its input.
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if time.Since(*lastCheck) > 2*time.Second {
+		*lastCheck = time.Now()
+		if err := pt.verifyStore(tctx); errors.Is(err, errStoreChanged) {
+			return err
+		}
+	}
+	if err := pt.sweep(tctx); err != nil && ctx.Err() == nil {
+		pt.log.Warn("sweep", "err", err)
+	}
+	upTo, err := pt.idleUpTo(tctx, buffered)
+	if err != nil && ctx.Err() == nil {
+		pt.log.Debug("idle check", "err", err)
+	}
+	if upTo > pt.rec.Config.Seq {
+		if err := pt.handleWithRetry(ctx, nil, upTo); err != nil {
+			return err
+		}
+	}
+	quiet := time.Since(pt.lastBatch) >= w.cfg.SweepInterval
+	if quiet || time.Since(pt.lastCheckpoint) >= w.cfg.CheckpointInterval {
+		return pt.checkpointWithRetry(ctx) // nothing to write is cheap
+	}
+	return nil
 }
 
 // idleUpTo returns the stream sequence up to which configuration events can be
@@ -221,33 +435,45 @@ func (pt *partition) idleUpTo(ctx context.Context, buffered chan jetstream.Msg) 
 // handleWithRetry retries a batch in place on transient failures, holding back
 // everything after it, and keeps its messages from being redelivered meanwhile.
 func (pt *partition) handleWithRetry(ctx context.Context, items []item, upTo uint64) error {
+	var last uint64
+	for _, it := range items {
+		last = it.ev.Seq
+	}
+	return pt.retry(ctx, "batch", items, func(hctx context.Context) error {
+		return pt.handle(hctx, items, max(upTo, last))
+	})
+}
+
+func (pt *partition) checkpointWithRetry(ctx context.Context) error {
+	return pt.retry(ctx, "checkpoint", nil, func(hctx context.Context) error { return pt.checkpoint(hctx, false) })
+}
+
+// retry runs f until it succeeds, with back-off, while /readyz reports the
+// partition as retrying; a store that changed under this owner ends it.
+func (pt *partition) retry(ctx context.Context, what string, items []item, f func(context.Context) error) error {
 	w := pt.w
 	backoff := 50 * time.Millisecond
 	lastProgress := time.Now()
 	for attempt := 0; ; attempt++ {
-		// A batch in hand is finished even while shutting down: it is cheaper than
+		// Work in hand is finished even while shutting down: it is cheaper than
 		// having the next owner redo it.
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		err := pt.handle(hctx, items, upTo)
+		err := f(hctx)
 		cancel()
-		if errors.Is(err, errStoreChanged) {
+		if err == nil || errors.Is(err, errStoreChanged) {
 			if attempt > 0 {
 				w.retrying.Add(-1)
+				if err == nil {
+					pt.log.Info(what+" recovered", "attempts", attempt+1)
+				}
 			}
 			return err
-		}
-		if err == nil {
-			if attempt > 0 {
-				w.retrying.Add(-1)
-				pt.log.Info("batch recovered", "attempts", attempt+1)
-			}
-			return nil
 		}
 		if attempt == 0 {
 			w.retrying.Add(1)
 		}
 		w.metrics.retries.Inc()
-		pt.log.Warn("batch failed, retrying", "err", err, "attempt", attempt+1, "backoff", backoff)
+		pt.log.Warn(what+" failed, retrying", "err", err, "attempt", attempt+1, "backoff", backoff)
 		if time.Since(lastProgress) > w.cfg.AckWait/3 {
 			for _, it := range items {
 				if it.msg != nil {

@@ -2,12 +2,15 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/handlers"
@@ -16,33 +19,16 @@ import (
 
 // item is one input message of a batch, decoded.
 type item struct {
-	// msg is the consumer's message to acknowledge; nil for configuration events,
-	// which every partition reads from the stream itself.
+	// msg is the consumer's message; nil for configuration events, which every
+	// partition reads from the stream itself, and during a replay.
 	msg     jetstream.Msg
+	config  bool   // from the configuration subject
 	subject string // as published
 	header  nats.Header
 	data    []byte
 	ev      events.Event
 	rej     *events.Rejection
-}
-
-// outcome collects what a segment of a batch must publish and acknowledge once
-// its state is committed.
-type outcome struct {
-	commits   []state.Commit
-	outgoing  []state.Outgoing
-	rejected  []*nats.Msg
-	acked     map[string]uint64 // agent -> highest version to drop from the outbox
-	index     []state.IndexEntry
-	purge     []string // agents whose status subject keeps only the last message
-	ack, term []jetstream.Msg
-	// byAgent holds each agent's status changes of this segment, for its snapshot.
-	byAgent   map[string][]state.Outgoing
-	snapshots []*nats.Msg
-}
-
-func newOutcome() *outcome {
-	return &outcome{acked: map[string]uint64{}, byAgent: map[string][]state.Outgoing{}}
+	pending uint64 // messages left in the partition's consumer after this one
 }
 
 func (w *Worker) decode(m jetstream.Msg) item {
@@ -52,9 +38,26 @@ func (w *Worker) decode(m jetstream.Msg) item {
 		it.rej = events.Reject(events.CodeMalformed, "no JetStream metadata: "+err.Error())
 		return it
 	}
-	it.subject, _ = logicalSubject(w.cfg.Prefix, m.Subject())
-	w.decodeItem(&it, meta.Sequence.Stream, meta.Timestamp)
+	w.decodeStored(&it, m.Subject(), meta.Sequence.Stream, meta.Timestamp)
+	it.pending = meta.NumPending
 	return it
+}
+
+// decodeStored decodes an input as the stream stored it (subject with the
+// partition token).
+func (w *Worker) decodeStored(it *item, stored string, seq uint64, at time.Time) {
+	subject, part := logicalSubject(w.cfg.Prefix, stored)
+	it.subject = subject
+	it.config = subject == w.names.Subjects.Config()
+	w.decodeItem(it, seq, at)
+	// A producer can publish a subject that already has a partition token (five
+	// tokens: the transform leaves it as it is). Applied here, it would give the
+	// agent a second writer whenever the token is not the agent's partition.
+	if it.rej == nil && part >= 0 && it.ev.AgentID != "" && part != PartitionOf(it.ev.AgentID, w.cfg.Partitions) {
+		it.rej = events.Reject(events.CodeWrongSubject, fmt.Sprintf("subject %s names partition %d, not the agent's; publish on %s",
+			stored, part, subject))
+		it.subject = stored // as published: the transform left it as it was
+	}
 }
 
 func (w *Worker) decodeItem(it *item, seq uint64, stored time.Time) {
@@ -77,12 +80,12 @@ func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read configuration after %d: %w", next-1, err)
+			return nil, w.natsFailed("read_config", fmt.Errorf("read configuration after %d: %w", next-1, err))
 		}
 		if raw.Sequence > upTo {
 			break
 		}
-		it := item{subject: subject, header: raw.Header, data: raw.Data}
+		it := item{subject: subject, config: true, header: raw.Header, data: raw.Data}
 		w.decodeItem(&it, raw.Sequence, raw.Time)
 		out = append(out, it)
 		next = raw.Sequence + 1
@@ -109,21 +112,24 @@ func merge(agents, config []item) []item {
 	return out
 }
 
-// handle processes the partition's messages up to sequence upTo, with the
-// configuration events stored up to there: configuration events act as barriers,
-// so every agent event is judged with the configuration that preceded it in the
-// stream.
+// handle processes items (the partition's messages, or during a replay its
+// messages and the configuration events among them, in stream order) up to
+// sequence upTo, merging in the configuration events stored up to there:
+// configuration events act as barriers, so every agent event is judged with the
+// configuration that preceded it in the stream. It is safe to call again with
+// the same items after a failure: what was committed is recognised by the
+// sequences the owner holds, and what is still to publish is in its outboxes.
 func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err error) {
-	if err := pt.verifyStore(ctx); err != nil {
-		return err
-	}
-	config, err := pt.configUpTo(ctx, upTo)
-	if err != nil {
-		return err
-	}
-	items := merge(own, config)
-	defer func() {
+	items := own
+	if !pt.replaying {
+		config, err := pt.configUpTo(ctx, upTo)
 		if err != nil {
+			return err
+		}
+		items = merge(own, config)
+	}
+	defer func() {
+		if err != nil || pt.replaying {
 			return // observed once, when the retry succeeds
 		}
 		now := time.Now()
@@ -134,7 +140,7 @@ func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err e
 		}
 	}()
 	for start := 0; start < len(items); {
-		if items[start].msg == nil { // read from the configuration subject
+		if items[start].config {
 			if err := pt.handleConfig(ctx, items[start]); err != nil {
 				return err
 			}
@@ -142,7 +148,7 @@ func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err e
 			continue
 		}
 		end := start + 1
-		for end < len(items) && items[end].msg != nil {
+		for end < len(items) && !items[end].config {
 			end++
 		}
 		if err := pt.handleAgents(ctx, items[start:end]); err != nil {
@@ -150,35 +156,188 @@ func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err e
 		}
 		start = end
 	}
-	// The floor moves with every batch: a store restored from an older snapshot
-	// then shows a lower floor than this owner holds, and the loss is detected.
-	if len(own) == 0 || own[len(own)-1].ev.Seq <= pt.rec.Floor {
-		return nil
-	}
-	rec := pt.rec
-	rec.Floor = own[len(own)-1].ev.Seq
-	return pt.savePartition(ctx, rec)
+	pt.pos = max(pt.pos, upTo)
+	return nil
 }
 
-func dedupeKey(ev events.Event) string { return ev.Source + "\x00" + ev.ID }
+// step is what a segment of a batch commits, publishes and acknowledges.
+type step struct {
+	commits []state.Commit
+	after   map[string]*agentEntry // the entries once the commits are applied
+	// out holds the status changes to publish per agent, in version order, and
+	// order the agents in the order they came.
+	out      map[string][]state.Outgoing
+	order    []string
+	rejected []*nats.Msg
+	index    []state.IndexEntry
+	purge    []string // agents whose status subject keeps only the last message
+	last     jetstream.Msg
+	spans    []trace.Span
+}
 
-func (w *Worker) reject(out *outcome, it item, rej *events.Rejection) {
-	out.rejected = append(out.rejected, w.names.Subjects.EncodeRejected(w.cfg.Source, w.names.InputStream(), it.ev.Seq, it.subject, it.header, it.data, rej))
-	out.term = append(out.term, it.msg)
+func newStep() *step {
+	return &step{after: map[string]*agentEntry{}, out: map[string][]state.Outgoing{}}
+}
+
+func (s *step) emit(id string, o ...state.Outgoing) {
+	if _, ok := s.out[id]; !ok {
+		s.order = append(s.order, id)
+	}
+	s.out[id] = append(s.out[id], o...)
+}
+
+func (pt *partition) reject(s *step, it item, rej *events.Rejection) {
+	if pt.replaying {
+		return // its dead letter went out the first time
+	}
+	w := pt.w
+	s.rejected = append(s.rejected, w.names.Subjects.EncodeRejected(w.cfg.Source, w.names.InputStream(), it.ev.Seq, it.subject, it.header, it.data, rej))
 	w.metrics.rejected.WithLabelValues(string(rej.Code)).Inc()
 }
 
-// record queues the status changes of one agent step with its commit.
-func (w *Worker) record(out *outcome, c state.Commit, changes []events.StatusChanged) {
-	for _, st := range changes {
-		c.Outbox = append(c.Outbox, state.Outgoing{ID: events.StatusID(st.Cause, st.AgentID, st.Version), Status: st, TraceParent: st.TraceParent})
-		if st.Reason == events.ReasonAgentRemoved {
-			out.purge = append(out.purge, st.AgentID)
+// count counts an input by outcome, once: not again when a replay meets it.
+func (pt *partition) count(typ events.Type, outcome string) {
+	if !pt.replaying {
+		pt.w.metrics.events.WithLabelValues(string(typ), outcome).Inc()
+	}
+}
+
+// outgoing turns the status changes of one rule application into outbox entries.
+func outgoing(changes []events.StatusChanged) []state.Outgoing {
+	out := make([]state.Outgoing, len(changes))
+	for i, st := range changes {
+		out[i] = state.Outgoing{ID: events.StatusID(st.Cause, st.AgentID, st.Version), Status: st, TraceParent: st.TraceParent,
+			Data: events.MarshalStatus(&st)}
+	}
+	return out
+}
+
+func (pt *partition) handleAgents(ctx context.Context, items []item) (err error) {
+	w := pt.w
+	cfg := pt.rec.Config
+	var ids []string
+	for _, it := range items {
+		if it.rej == nil {
+			ids = append(ids, it.ev.AgentID)
 		}
 	}
-	out.outgoing = append(out.outgoing, c.Outbox...)
-	out.byAgent[c.Agent.ID] = append(out.byAgent[c.Agent.ID], c.Outbox...)
-	out.commits = append(out.commits, c)
+	if err := pt.load(ctx, ids); err != nil {
+		return err
+	}
+	s := newStep()
+	defer func() { endSpans(s.spans, err) }()
+	work := map[string]*agentEntry{}
+	applied := map[string]bool{}
+	for _, it := range items {
+		if it.msg != nil {
+			s.last = it.msg
+		}
+		if it.rej != nil {
+			pt.reject(s, it, it.rej)
+			continue
+		}
+		id := it.ev.AgentID
+		e := work[id]
+		if e == nil {
+			e = pt.agents[id].clone()
+			work[id] = e
+		}
+		if it.ev.Seq <= e.seq {
+			// Handled before (by an attempt that failed later, or by the previous
+			// owner): what it committed and did not publish is in the outbox.
+			pt.count(it.ev.Type, "redelivered")
+			continue
+		}
+		if it.ev.Seq <= pt.uncertainUpTo && !pt.replaying {
+			// The previous owner was given this input: it may have published
+			// changes of it that the store lost.
+			e.uncertain = true
+		}
+		e.seq = it.ev.Seq
+		key := state.DedupeKey(it.ev.Source, it.ev.ID)
+		if e.seenWithin(key, it.ev.Stored, w.cfg.DedupeWindow) {
+			pt.count(it.ev.Type, "duplicate")
+			continue
+		}
+		if !pt.replaying {
+			if span := w.startSpan(&it, pt.p); span != nil {
+				s.spans = append(s.spans, span)
+			}
+		}
+		next, changes, err := w.rules.Apply(cfg, e.agent, it.ev)
+		var rej *events.Rejection
+		if errors.As(err, &rej) {
+			pt.log.Debug("rejected", "id", it.ev.ID, "source", it.ev.Source, "type", it.ev.Type, "agent", id, "code", rej.Code, "seq", it.ev.Seq)
+			pt.reject(s, it, rej)
+			continue
+		} else if err != nil {
+			return fmt.Errorf("apply %s: %w", it.ev.Type, err)
+		}
+		e.seen = append(e.seen, state.Seen{Key: key, At: it.ev.Stored})
+		e.agent = next
+		if !pt.replaying { // a replay's changes were published the first time
+			e.outbox = append(e.outbox, outgoing(changes)...)
+		}
+		applied[id] = true
+		pt.count(it.ev.Type, "applied")
+	}
+	for id, e := range work {
+		pt.plan(s, cfg, pt.agents[id], e, applied[id], false)
+	}
+	return pt.finish(ctx, s)
+}
+
+// plan queues what one agent's work in a step needs: its commit when an input
+// was applied to it (the commit stores its dedupe entries too) or its durable
+// state changed, its index moves, and its outbox to publish.
+func (pt *partition) plan(s *step, cfg handlers.Config, before, e *agentEntry, applied, removed bool) {
+	e.prune(pt.w.cfg.DedupeWindow)
+	commit := applied || removed || !sameDurable(before.agent, e.agent)
+	if !commit {
+		e.agent.AppliedSeq = before.agent.AppliedSeq // nothing written: the store keeps its sequence
+	} else {
+		e.agent.AppliedSeq = e.seq
+		prev := before.agent
+		s.commits = append(s.commits, state.Commit{Agent: e.agent, Expect: before.agent.AppliedSeq, Before: &prev,
+			Removed: removed, Outbox: e.outbox, Seen: e.seen[e.saved:], DropOutbox: before.outboxStored})
+		e.outboxStored = len(e.outbox) > 0 || len(e.seen) > e.saved
+		if removed {
+			e.agent = handlers.Agent{ID: e.agent.ID, Version: e.agent.Version, AppliedSeq: e.agent.AppliedSeq}
+		}
+		pt.dirty[e.agent.ID] = true
+	}
+	s.index = append(s.index, indexMoves(cfg, before, e)...)
+	e.indexed = true
+	s.after[e.agent.ID] = e
+	if len(e.outbox) > 0 && !pt.replaying {
+		s.emit(e.agent.ID, e.outbox...)
+	}
+	for _, o := range e.outbox {
+		if o.Status.Reason == events.ReasonAgentRemoved {
+			s.purge = append(s.purge, o.Status.AgentID)
+		}
+	}
+}
+
+// sameDurable reports whether two states of an agent differ at most in the
+// input sequence: an input that changed nothing needs no commit (a redelivery
+// judges it again, on the same state, the same way).
+func sameDurable(a, b handlers.Agent) bool {
+	return a.ID == b.ID && a.Version == b.Version && a.PresenceID == b.PresenceID && a.Name == b.Name &&
+		a.Text == b.Text && a.BaseStatus == b.BaseStatus && a.SignedIn == b.SignedIn && a.Since.Equal(b.Since) &&
+		a.Origin == b.Origin && a.Reason == b.Reason && a.Actor == b.Actor && a.DefaultPresenceID == b.DefaultPresenceID &&
+		slices.EqualFunc(a.Sessions, b.Sessions, func(x, y handlers.Session) bool { return x.ID == y.ID && x.Deadline.Equal(y.Deadline) }) &&
+		equalPtr(a.Capacity, b.Capacity, func(x, y handlers.Capacity) bool { return x == y }) &&
+		equalPtr(a.Held, b.Held, func(x, y handlers.Held) bool {
+			return x.PresenceID == y.PresenceID && x.BaseStatus == y.BaseStatus && x.Origin == y.Origin && x.ExpiredAt.Equal(y.ExpiredAt)
+		})
+}
+
+func equalPtr[T any](a, b *T, eq func(T, T) bool) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return eq(*a, *b)
 }
 
 func customID(cfg handlers.Config, id string) string {
@@ -197,113 +356,27 @@ func defaultsIndex(id string) string {
 	return "default:" + id
 }
 
-// indexAgents queues the index moves of agents from their loaded to their final state.
-func indexAgents(out *outcome, cfg handlers.Config, before, after map[string]handlers.Agent) {
-	for id, a := range after {
-		b := before[id]
-		out.index = append(out.index,
-			state.IndexEntry{AgentID: id, Deadline: a.NextDeadline(), From: b.PresenceID, To: customID(cfg, a.PresenceID)},
-			state.IndexEntry{AgentID: id, Deadline: a.NextDeadline(), From: defaultsIndex(b.DefaultPresenceID), To: defaultsIndex(a.DefaultPresenceID)})
+// indexMoves returns the index entries that move an agent from before to after:
+// only what changed, or all of them the first time an owner writes the agent
+// (what a previous owner wrote may be incomplete).
+func indexMoves(cfg handlers.Config, before, after *agentEntry) []state.IndexEntry {
+	b, a := before.agent, after.agent
+	all := !before.indexed
+	var out []state.IndexEntry
+	if d := a.NextDeadline(); all || !d.Equal(b.NextDeadline()) {
+		out = append(out, state.IndexEntry{AgentID: a.ID, Lease: true, Deadline: d})
 	}
-}
-
-func (pt *partition) handleAgents(ctx context.Context, items []item) error {
-	w := pt.w
-	cfg := pt.rec.Config
-	out := newOutcome()
-	var reqs []state.LoadRequest
-	pos := map[string]int{}
-	for _, it := range items {
-		if it.rej != nil {
-			continue
-		}
-		i, ok := pos[it.ev.AgentID]
-		if !ok {
-			i = len(reqs)
-			pos[it.ev.AgentID] = i
-			reqs = append(reqs, state.LoadRequest{AgentID: it.ev.AgentID})
-		}
-		reqs[i].DedupeKeys = append(reqs[i].DedupeKeys, dedupeKey(it.ev))
+	from, to := b.PresenceID, customID(cfg, a.PresenceID)
+	if _, builtin := events.Builtin(from); builtin {
+		from = "" // built-in presences are never indexed
 	}
-	snaps, err := w.store.Load(ctx, reqs)
-	if err != nil {
-		return fmt.Errorf("load agents: %w", err)
+	if all || from != to {
+		out = append(out, state.IndexEntry{AgentID: a.ID, From: from, To: to})
 	}
-	// Checked after loading, so agents read from a store that lost its data are never used.
-	if err := pt.verifyStore(ctx); err != nil {
-		return err
+	if df, dt := defaultsIndex(b.DefaultPresenceID), defaultsIndex(a.DefaultPresenceID); all || df != dt {
+		out = append(out, state.IndexEntry{AgentID: a.ID, From: df, To: dt})
 	}
-	before := make(map[string]handlers.Agent, len(snaps))
-	leftovers := make(map[string][]state.Outgoing)
-	changed := map[string]handlers.Agent{}
-	redelivered := map[string]bool{}
-	cur := make(map[string]handlers.Agent, len(snaps))
-	seen := make(map[string]map[string]bool, len(snaps))
-	for _, s := range snaps {
-		before[s.Agent.ID], cur[s.Agent.ID], seen[s.Agent.ID] = s.Agent, s.Agent, s.Seen
-		if seen[s.Agent.ID] == nil {
-			seen[s.Agent.ID] = map[string]bool{}
-		}
-		// Changes recorded by an earlier attempt that died before publishing them.
-		out.outgoing = append(out.outgoing, s.Outbox...)
-		if len(s.Outbox) > 0 {
-			leftovers[s.Agent.ID] = s.Outbox
-			changed[s.Agent.ID] = s.Agent
-		}
-	}
-	for _, it := range items {
-		if it.rej != nil {
-			w.reject(out, it, it.rej)
-			continue
-		}
-		id := it.ev.AgentID
-		a := cur[id]
-		if it.ev.Seq <= a.AppliedSeq {
-			// Applied by an attempt that died before acknowledging: what came after
-			// the commit (indexes, durable copy) is redone, as it may be missing.
-			redelivered[id] = true
-			changed[id] = a
-			out.ack = append(out.ack, it.msg)
-			w.metrics.events.WithLabelValues(string(it.ev.Type), "redelivered").Inc()
-			continue
-		}
-		key := dedupeKey(it.ev)
-		if seen[id][key] {
-			a.AppliedSeq = it.ev.Seq
-			w.record(out, state.Commit{Agent: a}, nil)
-			cur[id], changed[id] = a, a
-			out.ack = append(out.ack, it.msg)
-			w.metrics.events.WithLabelValues(string(it.ev.Type), "duplicate").Inc()
-			continue
-		}
-		next, changes, err := w.rules.Apply(cfg, a, it.ev)
-		var rej *events.Rejection
-		if errors.As(err, &rej) {
-			pt.log.Debug("rejected", "id", it.ev.ID, "source", it.ev.Source, "type", it.ev.Type, "agent", id, "code", rej.Code, "seq", it.ev.Seq)
-			// Remember the sequence so a redelivery is not judged again later.
-			a.AppliedSeq = it.ev.Seq
-			w.record(out, state.Commit{Agent: a}, nil)
-			cur[id], changed[id] = a, a
-			w.reject(out, it, rej)
-			continue
-		} else if err != nil {
-			return fmt.Errorf("apply %s: %w", it.ev.Type, err)
-		}
-		seen[id][key] = true
-		w.record(out, state.Commit{Agent: next, DedupeKey: key, DedupeAt: it.ev.Stored}, changes)
-		cur[id], changed[id] = next, next
-		out.ack = append(out.ack, it.msg)
-		w.metrics.events.WithLabelValues(string(it.ev.Type), "applied").Inc()
-	}
-	indexAgents(out, cfg, before, changed)
-	for id, a := range changed {
-		b := before[id]
-		if redelivered[id] {
-			b = handlers.Agent{}
-		}
-		w.snapshot(out, pt.p, b, a, append(leftovers[id], out.byAgent[id]...))
-	}
-	return w.finish(ctx, pt.p, out)
+	return out
 }
 
 func (pt *partition) handleConfig(ctx context.Context, it item) error {
@@ -311,10 +384,10 @@ func (pt *partition) handleConfig(ctx context.Context, it item) error {
 	ev := it.ev
 	rec := pt.rec
 	if ev.Seq <= rec.Config.Seq {
-		return ackAll([]jetstream.Msg{it.msg}, nil)
+		return nil
 	}
-	out := newOutcome()
-	next := state.Partition{Config: rec.Config.Clone(), Seen: map[string]time.Time{}, Floor: rec.Floor, Marker: rec.Marker}
+	s := newStep()
+	next := state.Partition{Config: rec.Config.Clone(), Seen: map[string]time.Time{}, Seq: rec.Seq, Marker: rec.Marker}
 	for k, t := range rec.Seen {
 		if ev.Stored.Sub(t) < w.cfg.DedupeWindow {
 			next.Seen[k] = t
@@ -329,22 +402,20 @@ func (pt *partition) handleConfig(ctx context.Context, it item) error {
 	}
 	switch {
 	case rej != nil:
-		w.reject(out, it, rej)
+		pt.reject(s, it, rej)
 	case next.Seen[key] != (time.Time{}):
-		w.metrics.events.WithLabelValues(string(ev.Type), "duplicate").Inc()
-		out.ack = append(out.ack, it.msg)
+		pt.count(ev.Type, "duplicate")
 	case errors.As(err, &rej):
-		w.reject(out, it, rej)
+		pt.reject(s, it, rej)
 	case err != nil:
 		return fmt.Errorf("configure %s: %w", ev.Type, err)
 	default:
-		if err := pt.reconfigureAgents(ctx, out, rec.Config, cfg, ev); err != nil {
+		if err := pt.reconfigureAgents(ctx, s, rec.Config, cfg, ev); err != nil {
 			return err
 		}
 		next.Config = cfg
 		next.Seen[key] = ev.Stored
-		out.ack = append(out.ack, it.msg)
-		w.metrics.events.WithLabelValues(string(ev.Type), "applied").Inc()
+		pt.count(ev.Type, "applied")
 	}
 	next.Config.Seq = ev.Seq
 	// Saved before the status changes go out, so a client that saw them finds the
@@ -352,15 +423,20 @@ func (pt *partition) handleConfig(ctx context.Context, it item) error {
 	if _, err := w.store.SaveConfig(ctx, next.Config); err != nil {
 		return fmt.Errorf("save config: %w", err)
 	}
-	if err := w.finish(ctx, pt.p, out); err != nil {
+	if err := pt.finish(ctx, s); err != nil {
 		return err
 	}
-	return pt.savePartition(ctx, next)
+	pt.rec = next
+	pt.pos = max(pt.pos, ev.Seq)
+	pt.configDirty = true
+	return nil
 }
+
+func dedupeKey(ev events.Event) string { return ev.Source + "\x00" + ev.ID }
 
 // reconfigureAgents applies an accepted configuration event to the agents of this
 // partition it concerns.
-func (pt *partition) reconfigureAgents(ctx context.Context, out *outcome, before, after handlers.Config, ev events.Event) error {
+func (pt *partition) reconfigureAgents(ctx context.Context, s *step, before, after handlers.Config, ev events.Event) error {
 	w := pt.w
 	var ids []string
 	switch d := ev.Data.(type) {
@@ -390,142 +466,202 @@ func (pt *partition) reconfigureAgents(ctx context.Context, out *outcome, before
 	if len(ids) == 0 {
 		return nil
 	}
-	reqs := make([]state.LoadRequest, 0, len(ids))
-	dup := map[string]bool{}
-	for _, id := range ids {
-		if !dup[id] {
-			dup[id] = true
-			reqs = append(reqs, state.LoadRequest{AgentID: id})
-		}
-	}
-	snaps, err := w.store.Load(ctx, reqs)
-	if err != nil {
-		return fmt.Errorf("load agents: %w", err)
-	}
-	if err := pt.verifyStore(ctx); err != nil {
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	if err := pt.load(ctx, ids); err != nil {
 		return err
 	}
-	beforeA, changed := map[string]handlers.Agent{}, map[string]handlers.Agent{}
-	for _, s := range snaps {
-		out.outgoing = append(out.outgoing, s.Outbox...)
-		if ev.Seq <= s.Agent.AppliedSeq {
-			if len(s.Outbox) > 0 {
-				w.snapshot(out, pt.p, s.Agent, s.Agent, s.Outbox)
+	for _, id := range ids {
+		cur := pt.agents[id]
+		e := cur.clone()
+		applied := ev.Seq > e.seq
+		if applied {
+			var changes []events.StatusChanged
+			e.agent, changes = w.rules.Reconfigure(before, after, e.agent, ev)
+			e.seq = ev.Seq
+			if !pt.replaying {
+				e.outbox = append(e.outbox, outgoing(changes)...)
 			}
-			continue
 		}
-		a, changes := w.rules.Reconfigure(before, after, s.Agent, ev)
-		w.record(out, state.Commit{Agent: a, Removed: ev.Type == events.AgentRemoved}, changes)
-		w.snapshot(out, pt.p, s.Agent, a, append(s.Outbox, out.byAgent[a.ID]...))
-		beforeA[a.ID], changed[a.ID] = s.Agent, a
+		pt.plan(s, after, cur, e, false, applied && ev.Type == events.AgentRemoved)
 	}
-	indexAgents(out, after, beforeA, changed)
 	return nil
 }
 
-// finish commits, publishes and acknowledges what a segment produced, in that
-// order: a crash anywhere before the end leaves messages unacknowledged, and
-// their redelivery finds the commit done and the outbox still to publish.
-func (w *Worker) finish(ctx context.Context, p int, out *outcome) error {
-	if len(out.commits) > 0 {
-		ok, err := w.store.Commit(ctx, out.commits, w.cfg.DedupeWindow)
+// finish commits, publishes and acknowledges what a step produced, in that
+// order: a failure anywhere before the end leaves the messages unacknowledged,
+// and the step's retry (or the next owner) finds the commit done and the outbox
+// still to publish.
+func (pt *partition) finish(ctx context.Context, s *step) error {
+	w := pt.w
+	if len(s.commits) > 0 || len(s.index) > 0 {
+		ok, err := w.store.Commit(ctx, pt.p, s.commits, s.index)
 		if err != nil {
 			return fmt.Errorf("commit: %w", err)
 		}
 		for i, applied := range ok {
 			if !applied {
-				return fmt.Errorf("commit of agent %s at sequence %d lost to another writer", out.commits[i].Agent.ID, out.commits[i].Agent.AppliedSeq)
+				c := s.commits[i]
+				pt.log.Warn("state store does not hold what this owner wrote", "agent", c.Agent.ID, "expected_seq", c.Expect)
+				pt.markLost(ctx)
+				return fmt.Errorf("partition %d: agent %s: %w", pt.p, c.Agent.ID, errStoreChanged)
 			}
+		}
+	}
+	for id, e := range s.after {
+		pt.agents[id] = e
+		if !e.outboxStored {
+			delete(pt.drop, id) // its commit dropped the stored outbox
 		}
 	}
 	if err := w.hooks.afterCommit(ctx); err != nil {
 		return err
 	}
-	// Durable copies go first: once a status is out, a rebuild must know its version.
-	if err := w.publishAll(ctx, out.snapshots); err != nil {
+	if pt.replaying {
+		return nil // everything a replay reaches was published when it was first handled
+	}
+	if err := pt.publish(ctx, s); err != nil {
 		return err
 	}
-	msgs := make([]*nats.Msg, 0, len(out.outgoing)+len(out.rejected))
-	for _, o := range out.outgoing {
-		st := o.Status
-		st.TraceParent = o.TraceParent
-		msgs = append(msgs, w.names.Subjects.EncodeStatus(w.cfg.Source, o.ID, st))
-		if v := out.acked[st.AgentID]; st.Version > v {
-			out.acked[st.AgentID] = st.Version
+	if s.last != nil {
+		// The consumer acknowledges all up to the last message (AckAll).
+		if err := s.last.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			return w.natsFailed("ack", fmt.Errorf("ack: %w", err))
 		}
 	}
-	msgs = append(msgs, out.rejected...)
-	if err := w.publishAll(ctx, msgs); err != nil {
-		return err
+	return nil
+}
+
+// published records that an agent's outbox is out: it is forgotten in memory
+// now, and in the store by the agent's next commit (which writes its own) or
+// the next checkpoint, whichever comes first; deleting it at once would cost a
+// write per change.
+func (pt *partition) published(id string) {
+	e := pt.agents[id]
+	if e == nil {
+		return
 	}
-	w.metrics.published.Add(float64(len(out.outgoing)))
-	if len(out.purge) > 0 {
+	e.outbox, e.uncertain = nil, false
+	if e.outboxStored {
+		pt.drop[id] = e.agent.AppliedSeq
+	}
+}
+
+// publish sends a step's dead letters and status changes. Status changes go out
+// in waves: an agent's k-th change of the step in wave k, each wave acknowledged
+// before the next. Published all at once, a change lost in transit (a stream
+// leader changing) could be stored after a later change of the same agent that
+// got through.
+func (pt *partition) publish(ctx context.Context, s *step) error {
+	w := pt.w
+	waves := [][]*nats.Msg{s.rejected}
+	for _, id := range s.order {
+		out := s.out[id]
+		e := pt.agents[id]
+		if e != nil && e.uncertain {
+			var err error
+			if out, err = pt.unpublished(ctx, id, out); err != nil {
+				return err
+			}
+		}
+		for k, o := range out {
+			st := o.Status
+			st.TraceParent = o.TraceParent
+			if k >= len(waves)-1 {
+				waves = append(waves, nil)
+			}
+			if o.Data == nil { // read back from the store
+				o.Data = events.MarshalStatus(&st)
+			}
+			waves[k+1] = append(waves[k+1], w.names.Subjects.StatusMsg(w.cfg.Source, o.ID, st, o.Data))
+		}
+	}
+	n := 0
+	for _, wave := range waves {
+		if _, err := w.publishAll(ctx, wave); err != nil {
+			// A retry may meet changes that made it: check before sending again.
+			for _, id := range s.order {
+				if e := pt.agents[id]; e != nil {
+					e.uncertain = true
+				}
+			}
+			return err
+		}
+		n += len(wave)
+	}
+	w.metrics.published.Add(float64(n - len(s.rejected)))
+	for _, id := range s.order {
+		pt.published(id)
+	}
+	if len(s.purge) > 0 {
 		stream, err := w.js.Stream(ctx, w.names.StatusStream())
 		if err != nil {
-			return fmt.Errorf("status stream: %w", err)
+			return w.natsFailed("purge", fmt.Errorf("status stream: %w", err))
 		}
-		for _, id := range out.purge {
+		for _, id := range s.purge {
 			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(w.names.Subjects.Status(id)), jetstream.WithPurgeKeep(1)); err != nil {
-				return fmt.Errorf("purge status of %s: %w", id, err)
+				return w.natsFailed("purge", fmt.Errorf("purge status of %s: %w", id, err))
 			}
 		}
 	}
-	if len(out.acked) > 0 {
-		if err := w.store.AckOutbox(ctx, out.acked); err != nil {
-			return fmt.Errorf("ack outbox: %w", err)
-		}
-	}
-	if len(out.index) > 0 {
-		if err := w.store.Index(ctx, p, out.index); err != nil {
-			return fmt.Errorf("index: %w", err)
-		}
-	}
-	return ackAll(out.ack, out.term)
+	return nil
 }
 
-// publishAll publishes msgs in order and waits for every acknowledgement. On a
-// failure the caller retries the whole list; JetStream drops the copies that
-// already made it by their Nats-Msg-Id.
-func (w *Worker) publishAll(ctx context.Context, msgs []*nats.Msg) error {
+// unpublished drops the changes the status stream already holds: after a
+// takeover or a failed publish, an outbox may be partly out, and JetStream's
+// duplicate window alone cannot be trusted to drop a copy sent much later.
+func (pt *partition) unpublished(ctx context.Context, id string, out []state.Outgoing) ([]state.Outgoing, error) {
+	if len(out) == 0 {
+		return out, nil
+	}
+	stream, err := pt.w.js.Stream(ctx, pt.w.names.StatusStream())
+	if err != nil {
+		return nil, pt.w.natsFailed("read_status", fmt.Errorf("status stream: %w", err))
+	}
+	m, err := stream.GetLastMsgForSubject(ctx, pt.w.names.Subjects.Status(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, pt.w.natsFailed("read_status", fmt.Errorf("last status of %s: %w", id, err))
+	}
+	var last struct {
+		Version uint64 `json:"version"`
+	}
+	if err := json.Unmarshal(m.Data, &last); err != nil {
+		return nil, fmt.Errorf("last status of %s: %w", id, err)
+	}
+	for len(out) > 0 && out[0].Status.Version <= last.Version {
+		out = out[1:]
+	}
+	return out, nil
+}
+
+// publishAll publishes msgs and waits for every acknowledgement; it returns the
+// highest stream sequence they got. On a failure the caller retries; JetStream
+// drops the copies that already made it by their Nats-Msg-Id.
+func (w *Worker) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
 	if len(msgs) == 0 {
-		return nil
+		return 0, nil
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
 		f, err := w.js.PublishMsgAsync(m)
 		if err != nil {
-			return fmt.Errorf("publish %s: %w", m.Subject, err)
+			return 0, w.natsFailed("publish", fmt.Errorf("publish %s: %w", m.Subject, err))
 		}
 		futures = append(futures, f)
 	}
+	var top uint64
 	for _, f := range futures {
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			top = max(top, ack.Sequence)
 		case err := <-f.Err():
-			return fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
+			return 0, w.natsFailed("publish", fmt.Errorf("publish %s: %w", f.Msg().Subject, err))
 		case <-ctx.Done():
-			return fmt.Errorf("publish: %w", ctx.Err())
+			return 0, fmt.Errorf("publish: %w", ctx.Err())
 		}
 	}
-	return nil
-}
-
-func ackAll(ack, term []jetstream.Msg) error {
-	for _, m := range ack {
-		if m == nil {
-			continue // a configuration event read from the stream, not delivered
-		}
-		if err := m.Ack(); err != nil {
-			return fmt.Errorf("ack: %w", err)
-		}
-	}
-	for _, m := range term {
-		if m == nil {
-			continue
-		}
-		if err := m.Term(); err != nil {
-			return fmt.Errorf("term: %w", err)
-		}
-	}
-	return nil
+	return top, nil
 }

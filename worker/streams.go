@@ -34,11 +34,14 @@ func streamConfigs(cfg Config, names Names) []jetstream.StreamConfig {
 	in := jetstream.StreamConfig{
 		Name:        names.InputStream(),
 		Description: "presenced input: agent, router, config and system events",
-		Subjects:    []string{p + ".in.>"},
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.StreamReplicas,
-		MaxAge:      cfg.InputMaxAge,
-		Duplicates:  cfg.DedupeWindow,
+		// Exactly the subject shapes of the contract: anything else (an extra
+		// token, a missing one) is refused at the door, where the publisher sees
+		// the error, instead of being stored where no partition consumer reads it.
+		Subjects:   []string{p + ".in.*.*", p + ".in.config"},
+		Storage:    jetstream.FileStorage,
+		Replicas:   cfg.StreamReplicas,
+		MaxAge:     cfg.InputMaxAge,
+		Duplicates: cfg.DedupeWindow,
 		// Stored subjects get the agent's partition as an extra token, so one
 		// consumer per partition can filter them: <p>.in.<role>.<partition>.<agent>.
 		SubjectTransform: &jetstream.SubjectTransformConfig{
@@ -76,12 +79,15 @@ func streamConfigs(cfg Config, names Names) []jetstream.StreamConfig {
 	}}
 }
 
+// errStreamConflict marks an existing stream that contradicts the configuration.
+var errStreamConflict = errors.New("stream conflicts with the configuration")
+
 func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config, names Names) (jetstream.KeyValue, error) {
 	streams := streamConfigs(cfg, names)
 	in := streams[0]
 	if s, err := js.Stream(ctx, in.Name); err == nil {
 		if got := s.CachedInfo().Config.Metadata[partitionsMetadata]; got != "" && got != in.Metadata[partitionsMetadata] {
-			return nil, fmt.Errorf("input stream %s was created with %s partitions, not %d: start with --partitions %s", in.Name, got, cfg.Partitions, got)
+			return nil, fmt.Errorf("%w: input stream %s was created with %s partitions, not %d: start with --partitions %s", errStreamConflict, in.Name, got, cfg.Partitions, got)
 		}
 	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, fmt.Errorf("look up stream %s: %w", in.Name, err)

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/events"
-	"github.com/presenced/presenced/state"
 )
 
 // sweep publishes a session.expired event for every session of the partition
@@ -21,12 +20,7 @@ func (pt *partition) sweep(ctx context.Context) error {
 	if err != nil || len(ids) == 0 {
 		return err
 	}
-	reqs := make([]state.LoadRequest, len(ids))
-	for i, id := range ids {
-		reqs[i] = state.LoadRequest{AgentID: id}
-	}
-	snaps, err := w.store.Load(ctx, reqs)
-	if err != nil {
+	if err := pt.load(ctx, ids); err != nil {
 		return fmt.Errorf("load due agents: %w", err)
 	}
 	for id, at := range pt.fired {
@@ -34,22 +28,22 @@ func (pt *partition) sweep(ctx context.Context) error {
 			delete(pt.fired, id)
 		}
 	}
-	for _, s := range snaps {
-		for _, sess := range s.Agent.Sessions {
+	for _, agentID := range ids {
+		for _, sess := range pt.agents[agentID].agent.Sessions {
 			if sess.Deadline.IsZero() || sess.Deadline.After(now) {
 				continue
 			}
-			id := events.ExpiryCauseID(s.Agent.ID, sess.ID, sess.Deadline)
+			id := events.ExpiryCauseID(agentID, sess.ID, sess.Deadline)
 			if _, ok := pt.fired[id]; ok {
 				continue
 			}
-			m, err := events.NewInput(w.names.Subjects, events.SessionExpired, s.Agent.ID, id, w.cfg.Source,
+			m, err := events.NewInput(w.names.Subjects, events.SessionExpired, agentID, id, w.cfg.Source,
 				events.SessionExpiredData{SessionID: sess.ID, Deadline: sess.Deadline})
 			if err != nil {
 				return fmt.Errorf("build expiry: %w", err)
 			}
 			if _, err := w.js.PublishMsg(ctx, m); err != nil {
-				return fmt.Errorf("publish expiry of %s/%s: %w", s.Agent.ID, sess.ID, err)
+				return w.natsFailed("publish", fmt.Errorf("publish expiry of %s/%s: %w", agentID, sess.ID, err))
 			}
 			pt.fired[id] = now
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,9 @@ import (
 type Hooks struct {
 	// AfterCommit runs after state is committed and before the outbox is published.
 	AfterCommit func(ctx context.Context) error
+	// BeforeCheckpoint runs before a checkpoint writes anything; an error fails
+	// the checkpoint, which is retried.
+	BeforeCheckpoint func(ctx context.Context) error
 }
 
 func (h Hooks) afterCommit(ctx context.Context) error {
@@ -28,6 +32,13 @@ func (h Hooks) afterCommit(ctx context.Context) error {
 		return nil
 	}
 	return h.AfterCommit(ctx)
+}
+
+func (h Hooks) beforeCheckpoint(ctx context.Context) error {
+	if h.BeforeCheckpoint == nil {
+		return nil
+	}
+	return h.BeforeCheckpoint(ctx)
 }
 
 // Worker is one presenced replica.
@@ -59,9 +70,10 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	m := newMetrics(reg)
 	return &Worker{
-		cfg: cfg, nc: nc, js: js, store: store, rules: handlers.Rules{Source: cfg.Source},
-		names: NamesFor(cfg.Prefix), log: cfg.Logger, metrics: newMetrics(reg), hooks: hooks,
+		cfg: cfg, nc: nc, js: js, store: observeStore(store, m.backendErrors), rules: handlers.Rules{Source: cfg.Source},
+		names: NamesFor(cfg.Prefix), log: cfg.Logger, metrics: m, hooks: hooks,
 	}, nil
 }
 
@@ -88,10 +100,30 @@ func (w *Worker) Ready(ctx context.Context) error {
 	return nil
 }
 
+// ensureStreams retries while JetStream cannot answer yet (a cluster electing
+// its leaders, a server starting); a stream that contradicts the configuration
+// is an error at once.
+func (w *Worker) ensureStreams(ctx context.Context) (jetstream.KeyValue, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		kv, err := ensureStreams(ctx, w.js, w.cfg, w.names)
+		if err == nil || errors.Is(err, errStreamConflict) || ctx.Err() != nil {
+			return kv, err
+		}
+		w.log.Warn("streams not ready yet, retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
 // Run creates the streams, serves queries and owns partitions until ctx ends;
 // then it finishes the batches in hand, releases its partitions and returns.
 func (w *Worker) Run(ctx context.Context) error {
-	kv, err := ensureStreams(ctx, w.js, w.cfg, w.names)
+	kv, err := w.ensureStreams(ctx)
 	if err != nil {
 		return err
 	}
@@ -183,11 +215,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			r = &running{cancel: cancel, done: make(chan struct{}), rev: rev}
 			owned[p] = r
 			w.metrics.owned.Set(float64(len(owned)))
-			pt := &partition{w: w, p: p, rev: rev, log: w.log.With("partition", p), fired: map[string]time.Time{}}
+			pt := newPartition(w, p, rev)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer close(r.done)
+				defer w.metrics.pending.DeleteLabelValues(strconv.Itoa(p))
 				if err := pt.takeOver(pctx); err != nil {
 					if pctx.Err() == nil {
 						pt.log.Error("take over", "err", err)

@@ -29,12 +29,23 @@ const startTimeout = 15 * time.Second
 type RedisOption func(*redisOptions)
 
 type redisOptions struct {
-	aof bool
+	aof  bool
+	conf string
+	args []string
 }
 
 // WithAOF turns on the append-only file with fsync on every write
 // (--appendonly yes --appendfsync always), so data survives Kill and Restart.
 func WithAOF() RedisOption { return func(o *redisOptions) { o.aof = true } }
+
+// WithConfigFile starts the server from a redis.conf (its persistence settings
+// included); the port, bind address and directory are still the test's own.
+func WithConfigFile(path string) RedisOption { return func(o *redisOptions) { o.conf = path } }
+
+// WithArgs appends command-line settings, e.g. "--requirepass", "secret".
+func WithArgs(args ...string) RedisOption {
+	return func(o *redisOptions) { o.args = append(o.args, args...) }
+}
 
 // Redis is a redis-server child process listening on 127.0.0.1.
 type Redis struct {
@@ -147,18 +158,25 @@ func (r *Redis) Restart() {
 
 // start runs redis-server and waits for PING.
 func (r *Redis) start() error {
-	args := []string{
+	var args []string
+	if r.opts.conf != "" {
+		args = append(args, r.opts.conf)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(r.port),
 		"--bind", "127.0.0.1",
 		"--dir", r.dir,
 		"--save", "",
 		"--daemonize", "no",
-	}
-	if r.opts.aof {
+	)
+	switch {
+	case r.opts.conf != "":
+	case r.opts.aof:
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
-	} else {
+	default:
 		args = append(args, "--appendonly", "no")
 	}
+	args = append(args, r.opts.args...)
 	logf, err := os.OpenFile(r.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("redis log: %w", err)
@@ -199,7 +217,8 @@ func (r *Redis) waitPing(exited <-chan struct{}) error {
 	defer tick.Stop()
 	var last error
 	for {
-		if last = c.Ping(ctx).Err(); last == nil {
+		// NOAUTH: the server is up and wants a password.
+		if last = c.Ping(ctx).Err(); last == nil || redis.HasErrorPrefix(last, "NOAUTH") {
 			return nil
 		}
 		select {

@@ -27,10 +27,16 @@ func Logger(t testing.TB) *slog.Logger {
 // returns once it is ready.
 func Start(t testing.TB, nc *nats.Conn, store state.Store, cfg worker.Config) (*worker.Worker, func()) {
 	t.Helper()
+	return StartWithHooks(t, nc, store, cfg, worker.Hooks{})
+}
+
+// StartWithHooks is Start with faults injected at the hooks' points.
+func StartWithHooks(t testing.TB, nc *nats.Conn, store state.Store, cfg worker.Config, hooks worker.Hooks) (*worker.Worker, func()) {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t)
 	}
-	w, err := worker.New(nc, store, cfg, nil, worker.Hooks{})
+	w, err := worker.New(nc, store, cfg, nil, hooks)
 	if err != nil {
 		t.Fatal(err)
 	}

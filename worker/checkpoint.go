@@ -1,0 +1,408 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/presenced/presenced/handlers"
+	"github.com/presenced/presenced/state"
+)
+
+// What JetStream keeps to rebuild the store (contract §5) is the input stream
+// itself plus checkpoints in the state stream: per partition its record (the
+// configuration as of the checkpoint, the checkpoint's input sequence and the
+// dedupe keys of configuration events) and per agent the last durable copy of
+// its state and dedupe entries. Every agent changed since the previous
+// checkpoint gets a fresh copy before the record moves on, so the copies and the
+// inputs after the record's sequence together give every agent exactly. A
+// rebuild restores the copies and replays those inputs through the rules; the
+// status changes they produce were published when the inputs were first
+// handled, so the versions come out the same and nothing is published twice.
+
+// agentSnapshot is the durable copy of an agent.
+type agentSnapshot struct {
+	Agent handlers.Agent `json:"agent"`
+	// Seen is state.EncodeSeen of the agent's dedupe entries.
+	Seen []byte `json:"seen,omitempty"`
+	// Outbox holds the agent's committed changes not known to be published
+	// when the copy was taken (after a failed publish, or a takeover).
+	Outbox []state.Outgoing `json:"outbox,omitempty"`
+}
+
+func (n Names) agentSnapshotSubject(prefix string, p int, agentID string) string {
+	return prefix + ".state.agent." + strconv.Itoa(p) + "." + agentID
+}
+
+func (n Names) partitionSubject(prefix string, p int) string {
+	return prefix + ".state.partition." + strconv.Itoa(p)
+}
+
+// StateStream holds the durable copies the store is rebuilt from.
+func (n Names) StateStream() string { return n.base + "_STATE" }
+
+// errStoreChanged means the store no longer holds what this owner wrote: it lost
+// or rewound its data, or another owner took the partition.
+var errStoreChanged = errors.New("state store lost or rewound this partition's data")
+
+// rebuildMarker prefixes the marker of a record that asks for a rebuild: written
+// while one runs, or by an owner that found the store behind what it wrote.
+const rebuildMarker = "rebuilding/"
+
+// checkpoint writes durable copies of the agents changed since the last one,
+// then the partition record with pos, to JetStream and then to the store. The
+// store's write is a swap against the record this owner last wrote, and it
+// checks first that the store still holds what this owner committed for those
+// agents: a store rewound under a running owner is caught here at the latest.
+func (pt *partition) checkpoint(ctx context.Context, force bool) error {
+	w := pt.w
+	if !force && len(pt.dirty) == 0 && !pt.configDirty && pt.pos == pt.stored.Seq && len(pt.drop) == 0 {
+		pt.lastCheckpoint = time.Now()
+		return nil
+	}
+	if err := w.hooks.beforeCheckpoint(ctx); err != nil {
+		return err
+	}
+	msgs := make([]*nats.Msg, 0, len(pt.dirty))
+	seen := make(map[string][]state.Seen, len(pt.dirty))
+	expire := make(map[string]time.Time, len(pt.dirty))
+	seqs := make(map[string]uint64, len(pt.dirty))
+	for id := range pt.dirty {
+		e := pt.agents[id]
+		if e == nil {
+			continue
+		}
+		e.prune(w.cfg.DedupeWindow)
+		// Changes not yet published go with the copy: restored over a store that
+		// lost them, the agent's redelivered input finds itself applied already.
+		snap := agentSnapshot{Agent: e.agent, Outbox: e.outbox}
+		if len(e.seen) > 0 {
+			snap.Seen = state.EncodeSeen(e.seen)
+			expire[id] = e.seen[len(e.seen)-1].At.Add(w.cfg.DedupeWindow)
+		}
+		b, err := json.Marshal(snap)
+		if err != nil {
+			return fmt.Errorf("encode snapshot of %s: %w", id, err)
+		}
+		m := nats.NewMsg(w.names.agentSnapshotSubject(w.cfg.Prefix, pt.p, id))
+		m.Data = b
+		msgs = append(msgs, m)
+		seen[id] = e.seen
+		seqs[id] = e.agent.AppliedSeq
+	}
+	if _, err := w.publishAll(ctx, msgs); err != nil {
+		return err
+	}
+	rec := pt.rec
+	rec.Seq = pt.pos
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode partition %d record: %w", pt.p, err)
+	}
+	if _, err := w.js.Publish(ctx, w.names.partitionSubject(w.cfg.Prefix, pt.p), b); err != nil {
+		return w.natsFailed("publish", fmt.Errorf("publish partition %d record: %w", pt.p, err))
+	}
+	if err := w.store.SaveSeen(ctx, seen, expire); err != nil {
+		return fmt.Errorf("save dedupe entries: %w", err)
+	}
+	for id := range seen {
+		pt.agents[id].saved = len(pt.agents[id].seen)
+	}
+	bad, err := w.store.Verify(ctx, seqs)
+	if err != nil {
+		return fmt.Errorf("verify agents: %w", err)
+	}
+	if len(bad) > 0 {
+		pt.log.Warn("state store does not hold what this owner committed", "agents", len(bad), "first", bad[0])
+		pt.markLost(ctx)
+		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
+	}
+	// Only now: an outbox may hold the only stored copy of dedupe entries, which
+	// SaveSeen has just written.
+	if len(pt.drop) > 0 {
+		if err := w.store.DropOutbox(ctx, pt.drop); err != nil {
+			return fmt.Errorf("drop published outboxes: %w", err)
+		}
+		for id, seq := range pt.drop {
+			if e := pt.agents[id]; e != nil && e.agent.AppliedSeq == seq {
+				e.outboxStored = false
+			}
+		}
+		clear(pt.drop)
+	}
+	ok, err := w.store.SwapPartition(ctx, pt.p, pt.stored, rec)
+	if err != nil {
+		return fmt.Errorf("save partition %d: %w", pt.p, err)
+	}
+	if !ok {
+		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
+	}
+	pt.stored, pt.rec = rec, rec
+	pt.dirty = make(map[string]bool, len(pt.dirty))
+	pt.configDirty = false
+	pt.lastCheckpoint, pt.sinceCheckpoint = time.Now(), 0
+	return nil
+}
+
+// durablePartition reads the partition's durable record; ok is false when there is none.
+func (pt *partition) durablePartition(ctx context.Context) (state.Partition, bool, error) {
+	stream, err := pt.w.js.Stream(ctx, pt.w.names.StateStream())
+	if err != nil {
+		return state.Partition{}, false, fmt.Errorf("state stream: %w", err)
+	}
+	m, err := stream.GetLastMsgForSubject(ctx, pt.w.names.partitionSubject(pt.w.cfg.Prefix, pt.p))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return state.Partition{}, false, nil
+	}
+	if err != nil {
+		return state.Partition{}, false, fmt.Errorf("read partition %d record: %w", pt.p, err)
+	}
+	rec, err := state.DecodePartition(m.Data)
+	if err != nil {
+		return state.Partition{}, false, fmt.Errorf("partition %d record: %w", pt.p, err)
+	}
+	return rec, true, nil
+}
+
+// verifyStore compares the store's partition record with the one this owner
+// last wrote; a mismatch stops the partition, and the next takeover rebuilds.
+func (pt *partition) verifyStore(ctx context.Context) error {
+	rec, _, err := pt.w.store.LoadPartition(ctx, pt.p)
+	if err != nil {
+		return fmt.Errorf("load partition %d: %w", pt.p, err)
+	}
+	if rec.Marker != pt.stored.Marker || rec.Seq < pt.stored.Seq {
+		pt.log.Warn("state store changed under this owner", "marker", rec.Marker, "want_marker", pt.stored.Marker,
+			"checkpoint", rec.Seq, "want_checkpoint", pt.stored.Seq)
+		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
+	}
+	return nil
+}
+
+// markLost leaves the store's partition record marked as needing a rebuild. The
+// record itself may look whole (a store restored from a copy taken after the
+// last checkpoint), so without the mark the next owner would trust it.
+func (pt *partition) markLost(ctx context.Context) {
+	rec, _, err := pt.w.store.LoadPartition(ctx, pt.p)
+	if err != nil {
+		return // the takeover checks again; a store that cannot answer is retried there
+	}
+	lost := rec
+	lost.Marker = rebuildMarker + "lost"
+	if _, err := pt.w.store.SwapPartition(ctx, pt.p, rec, lost); err != nil {
+		pt.log.Warn("mark partition for rebuild", "err", err)
+	}
+}
+
+// restore writes the agents' durable copies into the store wherever it holds an
+// older state (or none), with their indexes and dedupe entries, and takes the
+// durable record as the partition's. It first swaps the store's record for one
+// marked as rebuilding, so that the takeover's final checkpoint lands only if
+// the store kept what the restore wrote: a store emptied again meanwhile holds
+// no record, and the swap against the rebuilding one fails.
+func (pt *partition) restore(ctx context.Context, durable state.Partition) error {
+	w := pt.w
+	start := time.Now()
+	pending := durable
+	pending.Marker = fmt.Sprintf("%s%s/%d", rebuildMarker, w.cfg.InstanceID, pt.rev)
+	ok, err := w.store.SwapPartition(ctx, pt.p, pt.stored, pending)
+	if err != nil {
+		return fmt.Errorf("save partition %d: %w", pt.p, err)
+	}
+	if !ok {
+		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
+	}
+	pt.stored, pt.rec = pending, pending
+	cons, err := w.js.OrderedConsumer(ctx, w.names.StateStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{w.names.agentSnapshotSubject(w.cfg.Prefix, pt.p, "*")},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("read agent snapshots: %w", err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read agent snapshots: %w", err)
+	}
+	cfg := durable.Config
+	var commits []state.Commit
+	var index []state.IndexEntry
+	seen := map[string][]state.Seen{}
+	expire := map[string]time.Time{}
+	flush := func() error {
+		if len(commits) == 0 {
+			return nil
+		}
+		// A commit the store refuses already holds newer state: nothing to restore.
+		if _, err := w.store.Commit(ctx, pt.p, commits, index); err != nil {
+			return fmt.Errorf("restore agents: %w", err)
+		}
+		if err := w.store.SaveSeen(ctx, seen, expire); err != nil {
+			return fmt.Errorf("restore dedupe entries: %w", err)
+		}
+		commits, index = commits[:0], index[:0]
+		clear(seen)
+		clear(expire)
+		return nil
+	}
+	restored := 0
+	for pending := info.NumPending; pending > 0; pending-- {
+		m, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			return fmt.Errorf("read agent snapshot: %w", err)
+		}
+		var snap agentSnapshot
+		if err := json.Unmarshal(m.Data(), &snap); err != nil {
+			w.log.Error("skipping unreadable agent snapshot", "subject", m.Subject(), "err", err)
+			continue
+		}
+		a := snap.Agent
+		if a.ID == "" || a.AppliedSeq == 0 {
+			continue
+		}
+		freshen(&a, cfg.Settings, start)
+		commits = append(commits, state.Commit{Agent: a, Restore: true, Outbox: snap.Outbox})
+		index = append(index,
+			state.IndexEntry{AgentID: a.ID, Lease: true, Deadline: a.NextDeadline()},
+			state.IndexEntry{AgentID: a.ID, To: customID(cfg, a.PresenceID)},
+			state.IndexEntry{AgentID: a.ID, To: defaultsIndex(a.DefaultPresenceID)})
+		if entries, err := state.DecodeSeen(snap.Seen); err == nil && len(entries) > 0 {
+			seen[a.ID] = entries
+			expire[a.ID] = entries[len(entries)-1].At.Add(w.cfg.DedupeWindow)
+		}
+		restored++
+		if len(commits) >= 500 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	if _, err := w.store.SaveConfig(ctx, cfg); err != nil {
+		return fmt.Errorf("restore config: %w", err)
+	}
+	clear(pt.agents)
+	pt.log.Warn("agents restored from JetStream", "agents", restored, "checkpoint", durable.Seq, "took", time.Since(start))
+	return nil
+}
+
+// freshen gives every live session of a the fresh lease a repair owes it
+// (contract §5): a session whose lease had not run out by the repair runs for a
+// full TTL from then. Leases that had run out stay as they were, so inputs
+// stored before the repair are judged as they were the first time.
+func freshen(a *handlers.Agent, s handlers.Settings, at time.Time) bool {
+	if s.SessionTTL <= 0 {
+		return false
+	}
+	changed := false
+	for i, sess := range a.Sessions {
+		if d := at.Add(s.SessionTTL); !sess.Deadline.IsZero() && sess.Deadline.After(at) && sess.Deadline.Before(d) {
+			a.Sessions[i].Deadline = d
+			changed = true
+		}
+	}
+	return changed
+}
+
+// freshLeases applies freshen to the agents a replay brought up to date.
+func (pt *partition) freshLeases(ctx context.Context) error {
+	now := time.Now()
+	s := newStep()
+	for _, cur := range pt.agents {
+		e := cur.clone()
+		e.agent.Sessions = append([]handlers.Session(nil), e.agent.Sessions...)
+		if freshen(&e.agent, pt.rec.Config.Settings, now) {
+			pt.plan(s, pt.rec.Config, cur, e, false, false)
+		}
+	}
+	if len(s.commits) == 0 {
+		return nil
+	}
+	ok, err := pt.w.store.Commit(ctx, pt.p, s.commits, s.index)
+	if err != nil {
+		return fmt.Errorf("fresh leases: %w", err)
+	}
+	for i, applied := range ok {
+		if !applied {
+			return fmt.Errorf("partition %d: agent %s: %w", pt.p, s.commits[i].Agent.ID, errStoreChanged)
+		}
+	}
+	for id, e := range s.after {
+		pt.agents[id] = e
+	}
+	return nil
+}
+
+// replay brings the store up to upTo by handling the partition's inputs and the
+// configuration events in (from, upTo] again, without publishing: every one of
+// them was handled, published and acknowledged before. What the store already
+// holds is recognised by the agents' sequences and left as it is; what it lost
+// is written again. Every agent it meets gets a durable copy at the next
+// checkpoint.
+func (pt *partition) replay(ctx context.Context, from, upTo uint64) error {
+	w := pt.w
+	pt.pos = max(pt.pos, from)
+	if upTo <= from {
+		return nil
+	}
+	start := time.Now()
+	pt.replaying = true
+	defer func() { pt.replaying = false }()
+	cons, err := w.js.OrderedConsumer(ctx, w.names.InputStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{fmt.Sprintf("%s.in.*.%d.*", w.cfg.Prefix, pt.p), w.names.Subjects.Config()},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("replay partition %d: %w", pt.p, err)
+	}
+	n := 0
+	for done := false; !done; {
+		batch, err := cons.Fetch(w.cfg.BatchSize, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return fmt.Errorf("replay partition %d: %w", pt.p, err)
+		}
+		var items []item
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			meta, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("replay partition %d: %w", pt.p, err)
+			}
+			if meta.Sequence.Stream > upTo {
+				done = true
+				break
+			}
+			it := item{header: m.Headers(), data: m.Data()}
+			w.decodeStored(&it, m.Subject(), meta.Sequence.Stream, meta.Timestamp)
+			items = append(items, it)
+			if meta.Sequence.Stream == upTo || meta.NumPending == 0 {
+				done = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("replay partition %d: %w", pt.p, err)
+		}
+		if got == 0 {
+			break // nothing more stored: the rest of the range holds no input of this partition
+		}
+		if len(items) > 0 {
+			if err := pt.handle(ctx, items, items[len(items)-1].ev.Seq); err != nil {
+				return err
+			}
+			n += len(items)
+		}
+	}
+	pt.pos = max(pt.pos, upTo)
+	pt.log.Info("partition replayed", "from", from+1, "to", upTo, "inputs", n, "took", time.Since(start))
+	return nil
+}
