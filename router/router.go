@@ -56,6 +56,7 @@ type Router struct {
 	agents      map[string]Agent
 	byStatus    map[events.BaseStatus]map[string]struct{} // signed-in agents only
 	workstreams map[string]events.Workstream
+	changed     chan struct{} // closed and replaced on every change
 
 	statusReady, wsReady atomic.Bool
 	lag                  atomic.Uint64
@@ -74,7 +75,7 @@ func New(nc *nats.Conn, cfg Config) (*Router, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	r := &Router{cfg: cfg, subj: events.Subjects{Prefix: cfg.Prefix}, js: js, nc: nc, log: cfg.Logger,
-		agents: map[string]Agent{}, byStatus: map[events.BaseStatus]map[string]struct{}{}, workstreams: map[string]events.Workstream{}}
+		agents: map[string]Agent{}, byStatus: map[events.BaseStatus]map[string]struct{}{}, workstreams: map[string]events.Workstream{}, changed: make(chan struct{})}
 	return r, nil
 }
 
@@ -195,7 +196,21 @@ func (r *Router) Apply(st events.StatusChanged) bool {
 		}
 		set[a.AgentID] = struct{}{}
 	}
+	r.notifyLocked()
 	return true
+}
+
+func (r *Router) notifyLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next change of an agent or a
+// workstream, so a dispatcher can wait for eligibility to change instead of polling.
+func (r *Router) Changed() <-chan struct{} {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.changed
 }
 
 func (r *Router) onWorkstream(m jetstream.Msg) {
@@ -207,6 +222,7 @@ func (r *Router) onWorkstream(m jetstream.Msg) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.notifyLocked()
 	if removed {
 		delete(r.workstreams, id)
 		return

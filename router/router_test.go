@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/events"
@@ -178,7 +182,8 @@ func TestAgreesWithReadModel(t *testing.T) {
 	t.Parallel()
 	s := newSetup(t)
 	r := startRouter(t, s.nc)
-	const agents, total = 200, 2000
+	s.workstream(events.WorkstreamConfigured, events.Workstream{ID: "chat", Name: "Chat", AllowedBaseStatuses: []events.BaseStatus{events.Available, events.Busy}})
+	const agents, total = 1000, 10000
 	kinds := []func(i int) (events.Type, any){
 		func(int) (events.Type, any) { return events.AgentLogin, events.SessionData{} },
 		func(int) (events.Type, any) {
@@ -191,25 +196,76 @@ func TestAgreesWithReadModel(t *testing.T) {
 		func(int) (events.Type, any) {
 			return events.AgentPresenceSet, events.PresenceSetData{PresenceID: "available"}
 		},
+		func(int) (events.Type, any) { return events.AgentHeartbeat, events.SessionData{} },
 		func(int) (events.Type, any) { return events.AgentLogout, events.SessionData{} },
 	}
+	var late *router.Router
 	for i := range total {
-		typ, data := kinds[(i*7/agents)%len(kinds)](i)
-		s.publish(typ, fmt.Sprintf("m-%d", i%agents), data)
+		// Everyone signs in first, then each agent walks the kinds from its own offset.
+		round, agent := i/agents, i%agents
+		k := 0
+		if round > 0 {
+			k = (round + agent) % len(kinds)
+		}
+		typ, data := kinds[k](i)
+		m, err := events.NewInput(events.Subjects{}, typ, fmt.Sprintf("m-%d", i%agents), fmt.Sprintf("burst-%d", i), "test", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.js.PublishMsgAsync(m); err != nil {
+			t.Fatal(err)
+		}
+		if i%1000 == 999 {
+			<-s.js.PublishAsyncComplete()
+		}
+		if i == total/2 {
+			// A router that starts mid-burst loads a snapshot, then follows.
+			late = startRouter(t, s.nc)
+		}
+	}
+	select {
+	case <-s.js.PublishAsyncComplete():
+	case <-time.After(60 * time.Second):
+		t.Fatal("burst not acknowledged")
 	}
 	rc := s.redis.Client(t)
 	ctx := context.Background()
 	check := func() error {
+		wantEligible, known := 0, 0
 		for i := range agents {
 			id := fmt.Sprintf("m-%d", i)
 			rm, err := rc.HGetAll(ctx, "presence:agent:{"+id+"}").Result()
 			if err != nil {
 				return err
 			}
-			a, ok := r.Agent(id)
-			if !ok || rm["presenceId"] != a.PresenceID || rm["version"] != fmt.Sprint(a.Version) || rm["signedIn"] != fmt.Sprint(a.SignedIn) {
-				return fmt.Errorf("%s: router %+v, read model %v", id, a, rm)
+			for _, rt := range []*router.Router{r, late} {
+				a, ok := rt.Agent(id)
+				if !ok && len(rm) == 0 {
+					continue // never signed in: neither knows it
+				}
+				if !ok || rm["presenceId"] != a.PresenceID || rm["version"] != fmt.Sprint(a.Version) || rm["signedIn"] != fmt.Sprint(a.SignedIn) {
+					return fmt.Errorf("%s: router %+v, read model %v", id, a, rm)
+				}
 			}
+			if len(rm) > 0 {
+				known++
+			}
+			allowed := rm["signedIn"] == "true" && (rm["baseStatus"] == "available" || rm["baseStatus"] == "busy")
+			if allowed {
+				wantEligible++
+			}
+		}
+		for _, rt := range []*router.Router{r, late} {
+			el, err := rt.Eligible("chat")
+			if err != nil {
+				return err
+			}
+			if len(el) != wantEligible {
+				return fmt.Errorf("eligible for chat: router lists %d, read model %d", len(el), wantEligible)
+			}
+		}
+		if known < agents/2 || wantEligible == 0 {
+			return fmt.Errorf("the burst left too little to compare: %d agents known, %d eligible", known, wantEligible)
 		}
 		return nil
 	}
@@ -229,11 +285,17 @@ func TestAgreesWithReadModel(t *testing.T) {
 		}
 		return n == 4
 	}
-	var last error
 	waitFor(t, "the worker to drain the input", drained)
-	waitFor(t, "router and read model to agree", func() bool { last = check(); return last == nil && r.Lag() == 0 })
-	if last != nil {
-		t.Fatal(last)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := check()
+		if err == nil && r.Lag() == 0 && late.Lag() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("router and read model disagree: %v (lags %d, %d)", err, r.Lag(), late.Lag())
+		}
+		time.Sleep(20 * time.Millisecond) // the routers follow the status stream asynchronously
 	}
 }
 
@@ -242,3 +304,38 @@ type quietRedisLog struct{}
 func (quietRedisLog) Printf(context.Context, string, ...any) {}
 
 func init() { redis.SetLogger(quietRedisLog{}) }
+
+// TestCountsByBaseStatus: signed-in agents count under their base status, the
+// rest as offline, and the collector exports the same once the picture is loaded.
+func TestCountsByBaseStatus(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	r := startRouter(t, s.nc)
+	waitFor(t, "router ready", r.Ready)
+	apply := func(id string, b events.BaseStatus, signedIn bool, v uint64) {
+		r.Apply(events.StatusChanged{AgentID: id, PresenceID: string(b), BaseStatus: b, SignedIn: signedIn, Version: v})
+	}
+	apply("c-1", events.Available, true, 1)
+	apply("c-2", events.Available, true, 1)
+	apply("c-3", events.Busy, true, 1)
+	apply("c-4", events.Offline, false, 1)
+	apply("c-2", events.Away, true, 2)
+	apply("c-3", events.Offline, false, 2)
+	want := map[events.BaseStatus]int{events.Available: 1, events.Busy: 0, events.BusyDND: 0, events.Away: 1, events.Offline: 2}
+	if got := r.Counts(); !maps.Equal(got, want) {
+		t.Fatalf("counts %v, want %v", got, want)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(router.NewAgentsCollector(r, "test_agents"))
+	expected := `# HELP test_agents Agents by the base status of their current presence (signed-out agents count as offline).
+# TYPE test_agents gauge
+test_agents{base_status="available"} 1
+test_agents{base_status="away"} 1
+test_agents{base_status="busy"} 0
+test_agents{base_status="busy_dnd"} 0
+test_agents{base_status="offline"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "test_agents"); err != nil {
+		t.Fatal(err)
+	}
+}
