@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
@@ -26,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/presenced/presenced/events"
+	cmdline "github.com/presenced/presenced/internal/cli"
 	"github.com/presenced/presenced/router"
 	"github.com/presenced/presenced/worker"
 )
@@ -51,18 +53,25 @@ Workstreams:
   workstream set ID --allowed available,busy [--name N]
   workstream remove ID
   workstreams                                 list workstreams
+Work (reference router):
+  work submit WORKSTREAM [--id ID] [--units N]
+Setup:
+  apply FILE                                  publish a whole setup (presences, settings,
+                                              agents, workstreams) from a JSON file
 Dead letters:
   rejected [--limit N]                        list rejected events
   rejected show SEQ                           one rejected event in full
   rejected replay SEQ                         publish the original event again
 
-Environment: PRESENCED_NATS_URL, PRESENCED_SUBJECT_PREFIX (as for presenced).
+Connection flags (each also read from PRESENCED_<FLAG>, as for presenced):
+  --nats-url, --nats-user/--nats-password, --nats-token, --nats-creds, --nats-nkey,
+  --nats-tls-cert/--nats-tls-key, --nats-tls-ca, --nats-tls-first
 `
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "presencectl:", err)
 		os.Exit(1)
 	}
@@ -78,22 +87,21 @@ type cli struct {
 	js     jetstream.JetStream
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string, out io.Writer) error {
-	fs := flag.NewFlagSet("presencectl", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	url := fs.String("nats-url", or(getenv("PRESENCED_NATS_URL"), nats.DefaultURL), "NATS server URL")
-	prefix := fs.String("subject-prefix", or(getenv("PRESENCED_SUBJECT_PREFIX"), "presence"), "subject prefix")
-	asJSON := fs.Bool("json", false, "print JSON for scripts")
-	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+func run(ctx context.Context, args []string, env cmdline.Env, out io.Writer) error {
+	f := cmdline.NewFlags("presencectl", "", env)
+	natsOpts := cmdline.AddNATS(f, nats.DefaultURL)
+	prefix := f.String("subject-prefix", "presence", "subject prefix")
+	asJSON := f.FlagSet.Bool("json", false, "print JSON for scripts")
+	if err := f.Parse(args); err != nil || f.NArg() == 0 {
 		fmt.Fprint(out, usage)
 		if err != nil {
 			return fmt.Errorf("%w (see the usage above)", err)
 		}
 		return errors.New("no command given (see the usage above)")
 	}
-	nc, err := nats.Connect(*url, nats.Name("presencectl"), nats.Timeout(5*time.Second))
+	nc, err := natsOpts.Connect("presencectl", slog.New(slog.NewTextHandler(io.Discard, nil)), nats.Timeout(5*time.Second), nats.MaxReconnects(0))
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w (is presenced running? pass --nats-url or set PRESENCED_NATS_URL to the address it printed)", *url, err)
+		return fmt.Errorf("%w; is presenced running? pass --nats-url or set PRESENCED_NATS_URL to the address it printed", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -102,7 +110,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, out io.
 	}
 	names := worker.NamesFor(*prefix)
 	c := &cli{out: out, json: *asJSON, subj: names.Subjects, names: names, prefix: *prefix, nc: nc, js: js}
-	return c.dispatch(ctx, fs.Args())
+	return c.dispatch(ctx, f.Args())
 }
 
 func or(a, b string) string {
@@ -149,6 +157,10 @@ func (c *cli) dispatch(ctx context.Context, a []string) error {
 		return c.publishWorkstream(ctx, events.WorkstreamRemoved, events.Workstream{ID: rest[1]})
 	case cmd == "workstreams":
 		return c.workstreams(ctx)
+	case cmd == "apply" && len(rest) == 1:
+		return c.apply(ctx, rest[0])
+	case cmd == "work" && sub == "submit" && len(rest) >= 2:
+		return c.workSubmit(ctx, rest[1], rest[2:])
 	case cmd == "rejected" && (sub == "" || strings.HasPrefix(sub, "-")):
 		return c.rejectedList(ctx, rest)
 	case cmd == "rejected" && (sub == "show" || sub == "replay") && len(rest) == 2:
@@ -167,7 +179,7 @@ func newID() string {
 // send publishes an input event and reports the stream sequence it got. The
 // worker answers asynchronously: a rejection shows up under "rejected".
 func (c *cli) send(ctx context.Context, typ events.Type, agent string, data any) error {
-	m, err := events.NewInput(c.subj, typ, agent, newID(), "presencectl", data)
+	m, err := c.build(typ, agent, data)
 	if err != nil {
 		return err
 	}
@@ -177,6 +189,19 @@ func (c *cli) send(ctx context.Context, typ events.Type, agent string, data any)
 	}
 	return c.print(map[string]any{"type": typ, "subject": m.Subject, "sequence": ack.Sequence},
 		fmt.Sprintf("sent %s as sequence %d; see `presencectl rejected` if it has no effect", typ, ack.Sequence))
+}
+
+// build makes the event and checks it the way the worker will, so that a
+// mistake is reported here, with its fix, instead of as a dead letter.
+func (c *cli) build(typ events.Type, agent string, data any) (*nats.Msg, error) {
+	m, err := events.NewInput(c.subj, typ, agent, newID(), "presencectl", data)
+	if err != nil {
+		return nil, err
+	}
+	if _, rej := c.subj.Decode(m.Subject, m.Header, m.Data); rej != nil {
+		return nil, fmt.Errorf("%s would be rejected (%s): %s", typ, rej.Code, rej.Message)
+	}
+	return m, nil
 }
 
 func (c *cli) config(ctx context.Context, typ events.Type, data any) error {
@@ -407,6 +432,28 @@ func (c *cli) publishWorkstream(ctx context.Context, typ events.Type, ws events.
 		return fmt.Errorf("publish %s: %w", typ, err)
 	}
 	return c.print(map[string]any{"type": typ, "workstream": ws.ID}, fmt.Sprintf("%s %s", typ, ws.ID))
+}
+
+func (c *cli) workSubmit(ctx context.Context, workstream string, args []string) error {
+	fs := flag.NewFlagSet("work submit", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	id := fs.String("id", "", "")
+	units := fs.Int("units", 1, "")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("work submit: %w (usage: work submit WORKSTREAM [--id ID] [--units N])", err)
+	}
+	w := events.WorkItem{ID: or(*id, "w-"+newID()), WorkstreamID: workstream, Units: *units}
+	if rej := w.Validate(workstream); rej != nil {
+		return fmt.Errorf("work submit: %s", rej.Message)
+	}
+	m, err := events.NewRoutingEvent(c.subj.WorkSubject(workstream), events.WorkSubmitted, "submit-"+w.ID, "presencectl", w)
+	if err != nil {
+		return err
+	}
+	if _, err := c.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish work item: %w (is the router running? it creates the work stream)", err)
+	}
+	return c.print(w, fmt.Sprintf("submitted work item %s to %s", w.ID, workstream))
 }
 
 func (c *cli) workstreams(ctx context.Context) error {

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/presenced/presenced/events"
+	cmdline "github.com/presenced/presenced/internal/cli"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/internal/workertest"
 	"github.com/presenced/presenced/state"
@@ -29,11 +32,11 @@ func newCtl(t *testing.T) *ctl {
 
 func (c *ctl) run(args ...string) (string, error) {
 	var out bytes.Buffer
-	err := run(context.Background(), args, func(k string) string {
+	err := run(context.Background(), args, func(k string) (string, bool) {
 		if k == "PRESENCED_NATS_URL" {
-			return c.url
+			return c.url, true
 		}
-		return ""
+		return "", false
 	}, &out)
 	return out.String(), err
 }
@@ -134,8 +137,36 @@ func TestErrorsSayWhatToFix(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	err := run(context.Background(), []string{"--nats-url", "nats://127.0.0.1:1", "presences"}, func(string) string { return "" }, &out)
+	err := run(context.Background(), []string{"--nats-url", "nats://127.0.0.1:1", "presences"}, cmdline.NoEnv, &out)
 	if err == nil || !strings.Contains(err.Error(), "PRESENCED_NATS_URL") {
 		t.Fatalf("no server: %v", err)
+	}
+}
+
+func TestApplyDemoSetup(t *testing.T) {
+	t.Parallel()
+	c := newCtl(t)
+	c.must("apply", "../../deploy/demo.json")
+	c.eventually("custom presences listed", func() bool {
+		out := c.must("presences")
+		return strings.Contains(out, "chat-only") && strings.Contains(out, "training") && strings.Contains(out, "wrapup")
+	})
+	c.eventually("workstreams listed", func() bool {
+		out := c.must("workstreams")
+		return strings.Contains(out, "chat") && strings.Contains(out, "voice")
+	})
+
+	// A mistake anywhere in the file publishes nothing and says where it is.
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"presences":[{"id":"ok-1","name":"OK","text":"ok","baseStatus":"away"},
+		{"id":"bad","name":"Bad","text":"bad","baseStatus":"sleeping"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.run("apply", bad)
+	if err == nil || !strings.Contains(err.Error(), "presence.configured #2") || !strings.Contains(err.Error(), "invalid_data") {
+		t.Fatalf("apply of a bad file: %v", err)
+	}
+	if out := c.must("presences"); strings.Contains(out, "ok-1") {
+		t.Fatalf("a file with a mistake was partly applied:\n%s", out)
 	}
 }
