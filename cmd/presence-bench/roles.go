@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/internal/cli"
+	"github.com/presenced/presenced/state"
+	"github.com/presenced/presenced/worker"
+)
+
+// The benchmark runs every side in a process of its own, so each one's CPU
+// can be read from /proc: the command re-executes itself in one of these roles.
+
+// serveNATS runs an embedded NATS server with JetStream until SIGTERM.
+func serveNATS(dir string) error {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir,
+		NoLog: true, NoSigs: true, JetStreamMaxMemory: 1 << 30}
+	// PRESENCE_BENCH_NATS_PPROF=<port> serves the server's pprof endpoints, to
+	// profile where nats-server spends its time during a run.
+	if p, err := strconv.Atoi(os.Getenv("PRESENCE_BENCH_NATS_PPROF")); err == nil && p > 0 {
+		opts.ProfPort = p
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return err
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		return fmt.Errorf("nats server not ready")
+	}
+	fmt.Println("ready", ns.ClientURL())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	return nil
+}
+
+// waitGo announces readiness and blocks until the orchestrator says go, so
+// connecting and setting up stay out of the measurement.
+func waitGo() {
+	fmt.Println("ready")
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+}
+
+// runWorker is presenced itself: the worker package as cmd/presenced wires it,
+// with state in Redis.
+func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoint time.Duration, setupOnly bool) error {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ropts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return err
+	}
+	store := state.NewRedis(redis.NewClient(ropts), state.RedisConfig{})
+	defer store.Close()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	cfg := worker.Config{Partitions: partitions, BatchSize: batch, Logger: log, DedupeWindow: window, CheckpointInterval: checkpoint}
+	cli.TuneGC(os.LookupEnv) // as cmd/presenced does
+	if !setupOnly {
+		waitGo()
+		// PRESENCE_BENCH_CPUPROFILE=<file> writes a CPU profile of the measured
+		// worker, to see where presenced spends its time.
+		if path := os.Getenv("PRESENCE_BENCH_CPUPROFILE"); path != "" {
+			f, err := os.Create(path)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer func() {
+				pprof.StopCPUProfile()
+				_ = f.Close()
+			}()
+		}
+		// PRESENCE_BENCH_MEMPROFILE=<file> writes what the worker allocated.
+		if path := os.Getenv("PRESENCE_BENCH_MEMPROFILE"); path != "" {
+			runtime.MemProfileRate = 4096
+			defer func() {
+				if f, err := os.Create(path); err == nil {
+					_ = pprof.Lookup("allocs").WriteTo(f, 0)
+					_ = f.Close()
+				}
+			}()
+		}
+	}
+	w, err := worker.New(nc, store, cfg, nil, worker.Hooks{})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	if setupOnly {
+		// Create the streams, then stop: the load is preloaded before the run.
+		done := make(chan error, 1)
+		rctx, stop := context.WithCancel(ctx)
+		go func() { done <- w.Run(rctx) }()
+		for w.Ready(ctx) != nil {
+			time.Sleep(10 * time.Millisecond) // polling the readiness probe
+		}
+		stop()
+		return <-done
+	}
+	return w.Run(ctx)
+}
+
+// casScript is the reference pipeline's one compare-and-set per event.
+var casScript = redis.NewScript(`
+local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if cur >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'status', ARGV[2])
+return 1`)
+
+// runPipe is the reference pipeline: consume a batch, optionally one Lua CAS
+// per event (pipelined), publish one output per event with Nats-Msg-Id, wait for
+// the acks, ack the batch. single does it one event at a time, synchronously.
+func runPipe(natsURL, redisURL, stream string, withLua, single, publish bool, batch int) error {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*batch))
+	if err != nil {
+		return err
+	}
+	var rc *redis.Client
+	if withLua {
+		ropts, err := redis.ParseURL(redisURL)
+		if err != nil {
+			return err
+		}
+		rc = redis.NewClient(ropts)
+		defer rc.Close()
+		if err := casScript.Load(context.Background(), rc).Err(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	cons, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable: "BENCH_PIPE", AckPolicy: jetstream.AckAllPolicy, MaxAckPending: -1,
+	})
+	if err != nil {
+		return err
+	}
+	if single {
+		batch = 1
+	}
+	waitGo()
+	// Consumed the way presenced consumes: a continuous pull, each batch what
+	// has arrived, up to its size. (Fetch per batch was seen to wait forever
+	// for the server's end-of-batch status under this load.)
+	incoming := make(chan jetstream.Msg, 2*batch)
+	cc, err := cons.Consume(func(m jetstream.Msg) { incoming <- m }, jetstream.PullMaxMessages(batch))
+	if err != nil {
+		return err
+	}
+	defer cc.Stop()
+	out := make([]byte, 0, 512)
+	for {
+		var got []jetstream.Msg
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-incoming:
+			got = append(got, m)
+		}
+	fill:
+		for len(got) < batch {
+			select {
+			case m := <-incoming:
+				got = append(got, m)
+			default:
+				break fill
+			}
+		}
+		if withLua {
+			pipe := rc.Pipeline()
+			for _, m := range got {
+				meta, _ := m.Metadata()
+				id := m.Headers().Get("ce-subject")
+				casScript.EvalSha(ctx, pipe, []string{"bench:{" + id + "}"}, strconv.FormatUint(meta.Sequence.Stream, 10), m.Headers().Get("ce-type"))
+				if single {
+					if _, err := pipe.Exec(ctx); err != nil {
+						return err
+					}
+				}
+			}
+			if !single {
+				if _, err := pipe.Exec(ctx); err != nil {
+					return err
+				}
+			}
+		}
+		if publish {
+			var last jetstream.PubAckFuture
+			for _, m := range got {
+				h := m.Headers()
+				o := nats.NewMsg("presence.status." + h.Get("ce-subject"))
+				o.Header.Set("Nats-Msg-Id", "out-"+h.Get("ce-id"))
+				o.Header.Set("ce-specversion", "1.0")
+				o.Header.Set("ce-type", "agent.status.changed")
+				o.Header.Set("ce-source", "bench")
+				o.Header.Set("ce-id", "out-"+h.Get("ce-id"))
+				o.Header.Set("Bench-Cause", h.Get("ce-id"))
+				out = out[:0]
+				out = fmt.Appendf(out, `{"agentId":%q,"presenceId":"available","name":"Available","text":"Available","baseStatus":"available","signedIn":true,"since":%q,"reason":"login","actor":"agent","previous":null,"cause":{"type":%q,"id":%q,"source":"bench"},"version":1}`,
+					h.Get("ce-subject"), time.Now().UTC().Format(time.RFC3339Nano), h.Get("ce-type"), h.Get("ce-id"))
+				o.Data = append([]byte(nil), out...)
+				if single {
+					if _, err := js.PublishMsg(ctx, o); err != nil {
+						return err
+					}
+					continue
+				}
+				if last, err = js.PublishMsgAsync(o); err != nil {
+					return err
+				}
+			}
+			if last != nil {
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-ctx.Done():
+					return nil
+				}
+			}
+		}
+		if single {
+			for _, m := range got {
+				if err := m.DoubleAck(ctx); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err := got[len(got)-1].Ack(); err != nil {
+			return err
+		}
+	}
+}
