@@ -109,6 +109,16 @@ func (c *NATSCluster) Stop(i int) {
 	c.alive[i] = false
 }
 
+// Index returns the index of the node with server name name, or -1.
+func (c *NATSCluster) Index(name string) int {
+	for i, o := range c.opts {
+		if o.ServerName == name {
+			return i
+		}
+	}
+	return -1
+}
+
 // Shutdown stops every node.
 func (c *NATSCluster) Shutdown() {
 	for i := range c.nodes {
