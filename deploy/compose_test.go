@@ -13,8 +13,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +26,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/presenced/presenced/internal/demotest"
 	"github.com/presenced/presenced/internal/testenv"
@@ -124,9 +128,49 @@ func mountSource(t *testing.T, s types.ServiceConfig, target string) string {
 	return ""
 }
 
+// natsLog keeps the server's warnings and errors, where it reports every
+// publish or subscription that a user's permissions refuse.
+type natsLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *natsLog) add(format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, v...))
+}
+
+func (l *natsLog) Noticef(string, ...any)         {}
+func (l *natsLog) Debugf(string, ...any)          {}
+func (l *natsLog) Tracef(string, ...any)          {}
+func (l *natsLog) Warnf(format string, v ...any)  { l.add(format, v...) }
+func (l *natsLog) Errorf(format string, v ...any) { l.add(format, v...) }
+func (l *natsLog) Fatalf(format string, v ...any) { l.add(format, v...) }
+
+// A violation is what the server refused a user: a subject published to, or
+// subscribed to.
+type violation struct{ user, subject string }
+
+// The server logs `<conn> - "<client>" - "<account>/user:<name>" - Publish Violation - Subject "<subject>"`.
+var violationRe = regexp.MustCompile(`/user:([^"]+)".* (?:Publish|Subscription) Violation - (?:Subject|Reply) "([^"]*)"`)
+
+func (l *natsLog) violations() []violation {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []violation
+	for _, line := range l.lines {
+		if m := violationRe.FindStringSubmatch(line); m != nil {
+			out = append(out, violation{m[1], m[2]})
+		}
+	}
+	return out
+}
+
 // startNATS runs the compose nats service's configuration in-process, with the
-// service's environment (the passwords), on a free port and a temp store.
-func startNATS(t *testing.T, p *types.Project) *server.Server {
+// service's environment (the passwords), on a free port and a temp store. The
+// log reports what the permissions refused.
+func startNATS(t *testing.T, p *types.Project) (*server.Server, *natsLog) {
 	t.Helper()
 	s := p.Services["nats"]
 	for k, v := range s.Environment {
@@ -143,12 +187,14 @@ func startNATS(t *testing.T, p *types.Project) *server.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	log := &natsLog{}
+	ns.SetLogger(log, false, false)
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server with deploy/nats.conf did not start")
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
+	return ns, log
 }
 
 func connectAs(t *testing.T, url, user, password string, errs chan<- error) *nats.Conn {
@@ -176,7 +222,7 @@ func TestComposeTopologyAsProcesses(t *testing.T) {
 	if out, err := exec.Command("go", append([]string{"build", "-o", bin + "/"}, pkgs...)...).CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	ns := startNATS(t, p)
+	ns, natsLog := startNATS(t, p)
 	r := p.Services["redis"]
 	rd := testenv.StartRedis(t, testenv.WithConfigFile(mountSource(t, r, r.Command[1])))
 	natsAddr := strings.TrimPrefix(ns.ClientURL(), "nats://")
@@ -203,6 +249,32 @@ func TestComposeTopologyAsProcesses(t *testing.T) {
 			<-exits[cmd]
 		}
 	})
+	// launch starts a service's process as compose would, its output appended
+	// to the service's log.
+	launch := func(name string, s types.ServiceConfig) (*exec.Cmd, chan error) {
+		args := append(slices.Clone(s.Entrypoint[1:]), s.Command...)
+		for i := range args {
+			args[i] = rewrite(args[i])
+		}
+		cmd := exec.Command(filepath.Join(bin, filepath.Base(s.Entrypoint[0])), args...)
+		cmd.Env = os.Environ()
+		for k, v := range s.Environment {
+			if v != nil {
+				cmd.Env = append(cmd.Env, k+"="+rewrite(*v))
+			}
+		}
+		logf, err := os.OpenFile(filepath.Join(logs, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		exit := make(chan error, 1)
+		go func() { exit <- cmd.Wait(); logf.Close() }()
+		return cmd, exit
+	}
 	for len(started) < len(p.Services) {
 		progress := false
 		for _, name := range slices.Sorted(maps.Keys(p.Services)) {
@@ -211,34 +283,28 @@ func TestComposeTopologyAsProcesses(t *testing.T) {
 			if started[name] || waiting {
 				continue
 			}
-			args := append(slices.Clone(s.Entrypoint[1:]), s.Command...)
-			for i := range args {
-				args[i] = rewrite(args[i])
-			}
-			cmd := exec.Command(filepath.Join(bin, filepath.Base(s.Entrypoint[0])), args...)
-			cmd.Env = os.Environ()
-			for k, v := range s.Environment {
-				if v != nil {
-					cmd.Env = append(cmd.Env, k+"="+rewrite(*v))
-				}
-			}
-			logf, err := os.Create(filepath.Join(logs, name+".log"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stdout, cmd.Stderr = logf, logf
-			if err := cmd.Start(); err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			exit := make(chan error, 1)
-			go func() { exit <- cmd.Wait(); logf.Close() }()
-			if s.Restart == "no" {
-				// A one-shot service (the admin bootstrap) must finish before its dependants.
-				if err := <-exit; err != nil {
-					out, _ := os.ReadFile(logf.Name())
-					t.Fatalf("%s: %v\n%s", name, err, out)
+			if retries, oneShot := oneShotRetries(t, name, s.Restart); oneShot {
+				// A one-shot service (the admin bootstrap) must finish before its
+				// dependants; restart: on-failure runs it again, with Docker's
+				// back-off, as long as it fails (e.g. started before the workers
+				// made the streams).
+				backoff := 100 * time.Millisecond
+				for attempt := 0; ; attempt++ {
+					_, exit := launch(name, s)
+					err := <-exit
+					if err == nil {
+						t.Logf("%s completed after %d restart(s)", name, attempt)
+						break
+					}
+					if attempt == retries {
+						out, _ := os.ReadFile(filepath.Join(logs, name+".log"))
+						t.Fatalf("%s: %v after %d restart(s)\n%s", name, err, attempt, out)
+					}
+					time.Sleep(backoff)
+					backoff = min(2*backoff, 5*time.Second)
 				}
 			} else {
+				cmd, exit := launch(name, s)
 				running = append(running, cmd)
 				exits[cmd] = exit
 			}
@@ -255,6 +321,21 @@ func TestComposeTopologyAsProcesses(t *testing.T) {
 	sim := p.Services["simulator"].Environment
 	demotest.CheckStory(t, nc, *sim["PRESENCED_SIM_IGNORE"], "demo.json")
 
+	// Every process ran under its own role's user from nats.conf.
+	connz, err := ns.Connz(&server.ConnzOptions{Username: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := map[string]bool{}
+	for _, c := range connz.Conns {
+		users[c.AuthorizedUser] = true
+	}
+	for _, name := range []string{"presenced-1", "presenced-2", "router", "simulator"} {
+		if u := *p.Services[name].Environment["PRESENCED_NATS_USER"]; !users[u] {
+			t.Errorf("%s is not connected as its user %q (connected: %v)", name, u, slices.Sorted(maps.Keys(users)))
+		}
+	}
+
 	// Graceful shutdown: every long-running process exits 0 on SIGTERM.
 	for _, cmd := range slices.Backward(running) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -269,6 +350,31 @@ func TestComposeTopologyAsProcesses(t *testing.T) {
 		}
 	}
 	running = nil
+
+	// The roles did their work, startup to shutdown, within nats.conf's
+	// permissions: the server refused nothing to anyone.
+	for _, v := range natsLog.violations() {
+		t.Errorf("nats.conf refused %s %q during the demo", v.user, v.subject)
+	}
+}
+
+// oneShotRetries tells whether a compose restart policy makes a one-shot
+// service ("no", "on-failure[:max]"), and how many times a failure restarts it.
+func oneShotRetries(t *testing.T, name, restart string) (int, bool) {
+	t.Helper()
+	switch {
+	case restart == "no":
+		return 0, true
+	case restart == "on-failure":
+		return 10, true
+	case strings.HasPrefix(restart, "on-failure:"):
+		n, err := strconv.Atoi(strings.TrimPrefix(restart, "on-failure:"))
+		if err != nil || n < 0 {
+			t.Fatalf("%s: restart %q", name, restart)
+		}
+		return n, true
+	}
+	return 0, false
 }
 
 func tail(dir string) string {
@@ -293,7 +399,7 @@ func tail(dir string) string {
 // TestNATSPermissions proves deploy/nats.conf refuses what a role must not do.
 func TestNATSPermissions(t *testing.T) {
 	p := loadCompose(t)
-	ns := startNATS(t, p)
+	ns, _ := startNATS(t, p)
 	env := p.Services["nats"].Environment
 	pw := func(k string) string { return *env[k] }
 	observer := connectAs(t, ns.ClientURL(), "presenced", pw("PRESENCED_WORKER_PASSWORD"), nil)
@@ -351,4 +457,77 @@ func TestNATSPermissions(t *testing.T) {
 	if _, err := nats.Connect(ns.ClientURL(), nats.UserInfo("agent-01", "wrong")); err == nil {
 		t.Fatal("a wrong password was accepted")
 	}
+
+	// The JetStream API: the worker makes the streams; router and admin may read
+	// what their roles read, and may not purge, delete or consume the input.
+	ctx := context.Background()
+	ojs, err := jetstream.New(observer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"PRESENCE_IN", "PRESENCE_STATUS"} {
+		subj := map[string]string{"PRESENCE_IN": "presence.in.>", "PRESENCE_STATUS": "presence.status.>"}[name]
+		if _, err := ojs.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}}); err != nil {
+			t.Fatalf("worker creates %s: %v", name, err)
+		}
+	}
+	for _, tc := range []struct{ user, password string }{
+		{"router", pw("PRESENCED_ROUTER_PASSWORD")}, {"admin", pw("PRESENCED_ADMIN_PASSWORD")}, {"agent-01", pw("PRESENCED_AGENT01_PASSWORD")},
+	} {
+		t.Run(tc.user+"/jetstream", func(t *testing.T) {
+			nc := connectAs(t, ns.ClientURL(), tc.user, tc.password, nil)
+			js, err := jetstream.New(nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			denied := map[string]func() error{
+				"purge the input stream": func() error {
+					return ojsStream(jctx, js, "PRESENCE_IN", func(s jetstream.Stream) error { return s.Purge(jctx) })
+				},
+				"delete the input stream":  func() error { return js.DeleteStream(jctx, "PRESENCE_IN") },
+				"delete the status stream": func() error { return js.DeleteStream(jctx, "PRESENCE_STATUS") },
+				"consume the input stream": func() error {
+					_, err := js.OrderedConsumer(jctx, "PRESENCE_IN", jetstream.OrderedConsumerConfig{})
+					return err
+				},
+			}
+			for what, f := range denied {
+				if err := f(); err == nil {
+					t.Errorf("%s may %s", tc.user, what)
+				}
+			}
+			if tc.user == "agent-01" {
+				if _, err := js.Stream(jctx, "PRESENCE_STATUS"); err == nil {
+					t.Error("an agent credential may use the JetStream API")
+				}
+				return
+			}
+			// What the role needs: follow the status stream (a fresh deadline: the
+			// refused requests above ran theirs out).
+			jctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			cons, err := js.OrderedConsumer(jctx, "PRESENCE_STATUS", jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{"presence.status.>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+			if err != nil {
+				t.Fatalf("%s cannot follow the status stream: %v", tc.user, err)
+			}
+			if _, err := cons.Info(jctx); err != nil {
+				t.Fatalf("%s cannot read its consumer: %v", tc.user, err)
+			}
+		})
+	}
+	if n, err := ojs.Stream(ctx, "PRESENCE_IN"); err != nil || n.CachedInfo().Config.Name != "PRESENCE_IN" {
+		t.Fatalf("the input stream is gone: %v", err)
+	}
+}
+
+// ojsStream looks the stream up and runs f on it; a refused lookup is an error too.
+func ojsStream(ctx context.Context, js jetstream.JetStream, name string, f func(jetstream.Stream) error) error {
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return err
+	}
+	return f(s)
 }
