@@ -11,7 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +47,15 @@ type Agent struct {
 // ErrUnknownWorkstream is returned for a workstream never configured or removed.
 var ErrUnknownWorkstream = errors.New("unknown workstream")
 
+// ErrNotReady is returned by Eligible until the snapshot is loaded: a list built
+// from half the statuses, or before the workstreams are read, would leave out
+// agents who may take the work, or call a configured workstream unknown.
+var ErrNotReady = errors.New("router still loading statuses and workstreams")
+
+// LagUnknown is what Lag reports before the router has opened both streams
+// and so cannot yet tell how much it has to read.
+const LagUnknown = math.MaxUint64
+
 // Router holds the picture. Its methods are safe for concurrent use.
 type Router struct {
 	cfg  Config
@@ -59,7 +71,11 @@ type Router struct {
 	changed     chan struct{} // closed and replaced on every change
 
 	statusReady, wsReady atomic.Bool
-	lag                  atomic.Uint64
+	statusLag, wsLag     atomic.Uint64
+
+	// applyHook, when a test sets it, runs before each message of either
+	// stream is applied, so the test can hold the router mid-load.
+	applyHook func()
 }
 
 // New builds a router on nc; Run fills it.
@@ -76,6 +92,8 @@ func New(nc *nats.Conn, cfg Config) (*Router, error) {
 	}
 	r := &Router{cfg: cfg, subj: events.Subjects{Prefix: cfg.Prefix}, js: js, nc: nc, log: cfg.Logger,
 		agents: map[string]Agent{}, byStatus: map[events.BaseStatus]map[string]struct{}{}, workstreams: map[string]events.Workstream{}, changed: make(chan struct{})}
+	r.statusLag.Store(LagUnknown)
+	r.wsLag.Store(LagUnknown)
 	return r, nil
 }
 
@@ -105,10 +123,32 @@ func EnsureRoutingStream(ctx context.Context, js jetstream.JetStream, prefix str
 }
 
 // Ready reports whether the snapshot of statuses and workstreams is loaded.
+// Once true it stays true.
 func (r *Router) Ready() bool { return r.statusReady.Load() && r.wsReady.Load() }
 
-// Lag is how many status messages the router has still to read.
-func (r *Router) Lag() uint64 { return r.lag.Load() }
+// Lag is how many messages of the status and workstream streams the router
+// has still to read: while it loads the snapshot, how much of the snapshot is
+// left; afterwards, how far it is behind live changes. Before Run has opened
+// both streams it reports LagUnknown, never 0, so 0 always means caught up.
+func (r *Router) Lag() uint64 {
+	s, w := r.statusLag.Load(), r.wsLag.Load()
+	if s == LagUnknown || w == LagUnknown {
+		return LagUnknown
+	}
+	return s + w
+}
+
+// Readiness is nil once the router is Ready, else ErrNotReady wrapped with how
+// much is left to read, for health checks and error replies.
+func (r *Router) Readiness() error {
+	if r.Ready() {
+		return nil
+	}
+	if lag := r.Lag(); lag != LagUnknown {
+		return fmt.Errorf("%w (%d messages to read)", ErrNotReady, lag)
+	}
+	return fmt.Errorf("%w (streams not opened yet)", ErrNotReady)
+}
 
 // Run reads the last status of every agent and every workstream, then follows
 // both live until ctx ends.
@@ -117,12 +157,22 @@ func (r *Router) Run(ctx context.Context) error {
 		return err
 	}
 	statusStream := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(r.cfg.Prefix)) + "_STATUS"
-	stop1, err := r.follow(ctx, statusStream, r.cfg.Prefix+".status.>", &r.statusReady, true, r.onStatus)
+	// Both streams are opened, and their pending counts taken, before either
+	// is read, so Lag counts the whole snapshot from the first message on.
+	statuses, err := r.open(ctx, statusStream, r.cfg.Prefix+".status.>", &r.statusReady, &r.statusLag)
+	if err != nil {
+		return err
+	}
+	workstreams, err := r.open(ctx, RoutingStream(r.cfg.Prefix), r.cfg.Prefix+".routing.workstream.*", &r.wsReady, &r.wsLag)
+	if err != nil {
+		return err
+	}
+	stop1, err := r.follow(statuses, statusStream, &r.statusReady, &r.statusLag, r.onStatus)
 	if err != nil {
 		return err
 	}
 	defer stop1()
-	stop2, err := r.follow(ctx, RoutingStream(r.cfg.Prefix), r.cfg.Prefix+".routing.workstream.*", &r.wsReady, false, r.onWorkstream)
+	stop2, err := r.follow(workstreams, RoutingStream(r.cfg.Prefix), &r.wsReady, &r.wsLag, r.onWorkstream)
 	if err != nil {
 		return err
 	}
@@ -131,9 +181,10 @@ func (r *Router) Run(ctx context.Context) error {
 	return nil
 }
 
-// follow reads a stream's last message per subject and then every new one. The
-// ordered consumer recreates itself on gaps, so nothing is skipped.
-func (r *Router) follow(ctx context.Context, stream, filter string, ready *atomic.Bool, trackLag bool, apply func(jetstream.Msg)) (func(), error) {
+// open creates a consumer of a stream's last message per subject and then
+// every new one, and records how many messages the snapshot holds. The ordered
+// consumer recreates itself on gaps, so nothing is skipped.
+func (r *Router) open(ctx context.Context, stream, filter string, ready *atomic.Bool, lag *atomic.Uint64) (jetstream.Consumer, error) {
 	cons, err := r.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{filter},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
@@ -145,24 +196,40 @@ func (r *Router) follow(ctx context.Context, stream, filter string, ready *atomi
 	if err != nil {
 		return nil, fmt.Errorf("follow %s: %w", stream, err)
 	}
-	if info.NumPending == 0 {
-		ready.Store(true)
-	}
+	r.progress(info.NumPending, ready, lag)
+	return cons, nil
+}
+
+// follow applies every message of an opened consumer until the returned stop.
+func (r *Router) follow(cons jetstream.Consumer, stream string, ready *atomic.Bool, lag *atomic.Uint64, apply func(jetstream.Msg)) (func(), error) {
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if r.applyHook != nil {
+			r.applyHook()
+		}
 		apply(m)
 		if meta, err := m.Metadata(); err == nil {
-			if trackLag {
-				r.lag.Store(meta.NumPending)
-			}
-			if meta.NumPending == 0 {
-				ready.Store(true)
-			}
+			r.progress(meta.NumPending, ready, lag)
 		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("follow %s: %w", stream, err)
 	}
 	return cc.Stop, nil
+}
+
+// progress records how much of a stream is left to read. Ready is stored
+// before the lag, so whoever reads a lag of 0 also finds the router Ready;
+// becoming Ready is announced on Changed, so a waiter need not poll for it.
+func (r *Router) progress(pending uint64, ready *atomic.Bool, lag *atomic.Uint64) {
+	if pending == 0 && !ready.Load() {
+		ready.Store(true)
+		if r.Ready() {
+			r.mu.Lock()
+			r.notifyLocked()
+			r.mu.Unlock()
+		}
+	}
+	lag.Store(pending)
 }
 
 func (r *Router) onStatus(m jetstream.Msg) {
@@ -206,7 +273,8 @@ func (r *Router) notifyLocked() {
 }
 
 // Changed returns a channel closed at the next change of an agent or a
-// workstream, so a dispatcher can wait for eligibility to change instead of polling.
+// workstream, and when the router becomes Ready, so a dispatcher can wait for
+// eligibility to change instead of polling.
 func (r *Router) Changed() <-chan struct{} {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -248,8 +316,12 @@ func (r *Router) Workstream(id string) (events.Workstream, bool) {
 
 // Eligible lists the signed-in agents whose base status the workstream allows,
 // longest in their presence first. It reads only the agents of the allowed
-// statuses, never all of them.
+// statuses, never all of them. Until the router is Ready it returns an error
+// wrapping ErrNotReady.
 func (r *Router) Eligible(workstreamID string) ([]Agent, error) {
+	if err := r.Readiness(); err != nil {
+		return nil, err
+	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	ws, ok := r.workstreams[workstreamID]
@@ -274,23 +346,39 @@ type EligibleReply struct {
 	Agents       []Agent `json:"agents"`
 }
 
-// Serve answers the eligibility query subject until the subscription is drained.
+// Serve answers the eligibility query subject until the subscription is
+// drained: the reply of contract §8, or by the NATS services convention 404 for
+// an unknown workstream and 503 while the router is not Ready.
 func (r *Router) Serve() (*nats.Subscription, error) {
 	prefix := r.subj.Eligible("")
 	return r.nc.QueueSubscribe(r.subj.Eligible("*"), "presence-router", func(m *nats.Msg) {
-		id := strings.TrimPrefix(m.Subject, prefix)
-		agents, err := r.Eligible(id)
-		if errors.Is(err, ErrUnknownWorkstream) {
-			reply := nats.NewMsg(m.Reply)
-			reply.Header.Set("Nats-Service-Error", "unknown workstream "+id)
-			reply.Header.Set("Nats-Service-Error-Code", "404")
-			_ = m.RespondMsg(reply)
+		reply, code, err := r.eligibleReply(strings.TrimPrefix(m.Subject, prefix))
+		if err != nil {
+			msg := nats.NewMsg(m.Reply)
+			msg.Header.Set("Nats-Service-Error", err.Error())
+			msg.Header.Set("Nats-Service-Error-Code", strconv.Itoa(code))
+			_ = m.RespondMsg(msg)
 			return
 		}
-		if agents == nil {
-			agents = []Agent{}
-		}
-		b, _ := json.Marshal(EligibleReply{WorkstreamID: id, Agents: agents})
+		b, _ := json.Marshal(reply)
 		_ = m.Respond(b)
 	})
+}
+
+// eligibleReply is the answer to an eligibility query, or the error with the
+// HTTP status code that says what kind it is.
+func (r *Router) eligibleReply(id string) (EligibleReply, int, error) {
+	agents, err := r.Eligible(id)
+	switch {
+	case errors.Is(err, ErrNotReady):
+		return EligibleReply{}, http.StatusServiceUnavailable, err
+	case errors.Is(err, ErrUnknownWorkstream):
+		return EligibleReply{}, http.StatusNotFound, fmt.Errorf("unknown workstream %s", id)
+	case err != nil:
+		return EligibleReply{}, http.StatusInternalServerError, err
+	}
+	if agents == nil {
+		agents = []Agent{}
+	}
+	return EligibleReply{WorkstreamID: id, Agents: agents}, http.StatusOK, nil
 }
