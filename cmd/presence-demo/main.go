@@ -50,6 +50,7 @@ type options struct {
 	agents                             int
 	ignore                             string
 	offerTimeout, handleTime, every    time.Duration
+	breakEvery, breakFor               time.Duration
 	workRate                           float64
 	verbose                            bool
 }
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 	ignore := f.String("ignore", "agent-06", "agents who never answer offers")
 	offerTimeout := f.Duration("offer-timeout", 8*time.Second, 100*time.Millisecond, "how long an agent has to answer an offer")
 	handle := f.Duration("handle-time", 6*time.Second, time.Millisecond, "mean time an agent works on an item")
+	breakEvery := f.Duration("break-every", 45*time.Second, 0, "mean time between the breaks of the agents who answer offers (0: no breaks)")
+	breakFor := f.Duration("break-for", 10*time.Second, time.Millisecond, "how long a break lasts")
 	rate := f.Float("work-rate", 1, 0, 1000, "work items per second")
 	every := f.Duration("table-every", 10*time.Second, 0, "how often to print the table of agents (0: never)")
 	verbose := f.Bool("verbose", false, "copy every process's log to the screen, not just to its log file")
@@ -73,7 +76,7 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 		return err
 	}
 	o = options{binDir: *binDir, dataDir: *dataDir, setup: *setup, natsListen: *natsListen, agents: *agents, ignore: *ignore,
-		offerTimeout: *offerTimeout, handleTime: *handle, workRate: *rate, every: *every, verbose: *verbose}
+		offerTimeout: *offerTimeout, handleTime: *handle, breakEvery: *breakEvery, breakFor: *breakFor, workRate: *rate, every: *every, verbose: *verbose}
 	if _, err := os.Stat(o.setup); err != nil {
 		return fmt.Errorf("--setup %s: %w (run from the repository root, or pass --setup path/to/demo.json)", o.setup, err)
 	}
@@ -172,7 +175,8 @@ func (d *demo) start(ctx context.Context) error {
 		return err
 	}
 	if err := d.spawn("simulator", "presence-sim", env, "--agents", strconv.Itoa(d.o.agents), "--ignore", d.o.ignore,
-		"--work-rate", strconv.FormatFloat(d.o.workRate, 'g', -1, 64), "--handle-time", d.o.handleTime.String()); err != nil {
+		"--work-rate", strconv.FormatFloat(d.o.workRate, 'g', -1, 64), "--handle-time", d.o.handleTime.String(),
+		"--break-every", d.o.breakEvery.String(), "--break-for", d.o.breakFor.String()); err != nil {
 		return err
 	}
 	d.say("demo running: %d presenced replica(s), router, simulator of %d agents (%s ignore offers); logs in %s; Ctrl-C stops",

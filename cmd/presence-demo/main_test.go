@@ -16,8 +16,9 @@ import (
 )
 
 // TestStory runs the native demo as a user would (every process real, on
-// loopback) and checks its story: an agent who ignores offers goes Inactive
-// and stops getting work, while work keeps flowing to allowed agents only.
+// loopback) and checks its story: an agent who ignores offers goes Inactive,
+// stays Inactive while the others go on breaks and come back, and gets no more
+// work, while work keeps flowing to allowed agents only.
 func TestStory(t *testing.T) {
 	bin := t.TempDir()
 	pkgs := []string{"."}
@@ -29,7 +30,8 @@ func TestStory(t *testing.T) {
 	}
 	cmd := exec.Command(filepath.Join(bin, "presence-demo"), "--bin-dir", bin, "--data-dir", t.TempDir(),
 		"--setup", "../../deploy/demo.json", "--nats-listen", "127.0.0.1:0", "--agents", "3", "--ignore", "agent-03",
-		"--offer-timeout", "500ms", "--handle-time", "300ms", "--work-rate", "8", "--table-every", "0")
+		"--offer-timeout", "500ms", "--handle-time", "300ms", "--work-rate", "8", "--table-every", "0",
+		"--break-every", "1s", "--break-for", "300ms")
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -72,7 +74,10 @@ func TestStory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	demotest.CheckStory(t, nc, "agent-03", "../../deploy/demo.json")
+	// Eight breaks between two agents are at least four by one of them, spaced
+	// by at least half the break interval plus the break: more than 2 s, longer
+	// than the ignorer would last Inactive if it took breaks too.
+	demotest.CheckStory(t, nc, "agent-03", "../../deploy/demo.json", demotest.ExpectBreaks(8))
 
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {

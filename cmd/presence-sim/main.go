@@ -1,6 +1,7 @@
 // Command presence-sim simulates a contact centre floor for demos and soak
-// runs: agents who sign in, send heartbeats, answer (or ignore) offers, finish
-// their work and take breaks, and a stream of incoming work items.
+// runs: agents who sign in, send heartbeats, answer offers, finish their work
+// and take breaks; agents who ignore every offer and, once made Inactive, stay
+// so; and a stream of incoming work items.
 package main
 
 import (
@@ -56,12 +57,12 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 	logging := cli.AddLogging(f)
 	prefix := f.String("subject-prefix", "presence", "prefix of every NATS subject")
 	n := f.Int("agents", 6, 0, "how many agents (agent-01 …)")
-	ignore := f.String("ignore", "agent-06", "comma-separated agents who never answer offers (they go Inactive)")
+	ignore := f.String("ignore", "agent-06", "comma-separated agents who never answer offers, take no breaks and never pick a presence (once Inactive they stay so)")
 	decline := f.Float("decline", 0.1, 0, 1, "probability that an agent declines an offer")
 	handle := f.Duration("handle-time", 6*time.Second, time.Millisecond, "mean time an agent spends on a work item")
 	rate := f.Float("work-rate", 1, 0, 10000, "work items submitted per second (0: none)")
 	ws := f.String("workstreams", "chat,voice", "comma-separated workstreams to submit work to")
-	breakEvery := f.Duration("break-every", 45*time.Second, 0, "mean time between an agent's breaks (0: no breaks)")
+	breakEvery := f.Duration("break-every", 45*time.Second, 0, "mean time between an answering agent's breaks (0: no breaks)")
 	breakFor := f.Duration("break-for", 10*time.Second, time.Millisecond, "how long a break lasts")
 	returnAfter := f.Duration("return-after", 20*time.Second, 0, "an answering agent made Inactive picks available again after this (0: never)")
 	hb := f.Duration("heartbeat", 20*time.Second, 100*time.Millisecond, "heartbeat interval (keep it under the session TTL)")
@@ -208,7 +209,14 @@ func (s *sim) agent(ctx context.Context, id string) {
 	log.Info("signed in")
 	hb := time.NewTicker(s.cfg.heartbeat)
 	defer hb.Stop()
-	nextBreak := s.timer(s.cfg.breakEvery)
+	// An agent who ignores offers has left its desk: it never picks a presence,
+	// so once a missed offer makes it Inactive it stays Inactive and gets no
+	// more work, which is the story the demo tells. A break would end with
+	// "available" and undo that.
+	var nextBreak <-chan time.Time
+	if !s.cfg.ignore[id] {
+		nextBreak = s.timer(s.cfg.breakEvery)
+	}
 	var inactiveSince time.Time
 	check := time.NewTicker(time.Second)
 	defer check.Stop()

@@ -19,13 +19,29 @@ import (
 	"github.com/presenced/presenced/events"
 )
 
+// Option adds to what CheckStory waits for.
+type Option func(*story)
+
+type story struct{ breaks int }
+
+// ExpectBreaks makes CheckStory also wait, after ignorer went Inactive, until
+// the other agents have taken n breaks between them, for a topology whose
+// simulator gives them breaks often. Ignorer must sit every one of them out
+// still Inactive: an agent who never answers is away from its desk and does
+// not come back by itself.
+func ExpectBreaks(n int) Option { return func(s *story) { s.breaks = n } }
+
 // CheckStory watches a running demo through nc and asserts its story: ignorer
-// is made Inactive by a missed offer and is offered nothing after that while
-// other agents keep getting work; every offer went to a signed-in agent whose
-// status (the version the router judged by) the workstream allows, as
-// configured in setupPath.
-func CheckStory(t *testing.T, nc *nats.Conn, ignorer, setupPath string) {
+// is made Inactive by a missed offer, stays Inactive and is offered nothing
+// after that while other agents keep getting work; every offer went to a
+// signed-in agent whose status (the version the router judged by) the
+// workstream allows, as configured in setupPath.
+func CheckStory(t *testing.T, nc *nats.Conn, ignorer, setupPath string, opts ...Option) {
 	t.Helper()
+	var want story
+	for _, o := range opts {
+		o(&want)
+	}
 	allowed := workstreams(t, setupPath)
 	v := newView()
 	subj := events.Subjects{}
@@ -62,17 +78,27 @@ func CheckStory(t *testing.T, nc *nats.Conn, ignorer, setupPath string) {
 	})
 	v.mu.Lock()
 	mark := v.offerCount()
+	breaks := v.breaks(ignorer)
 	v.mu.Unlock()
 	v.await(t, "ten more offers", func() (events.StatusChanged, bool) {
 		return events.StatusChanged{}, v.offerCount() >= mark+10
 	})
+	if want.breaks > 0 {
+		v.await(t, fmt.Sprintf("%d breaks of the other agents after %s went Inactive", want.breaks, ignorer), func() (events.StatusChanged, bool) {
+			return events.StatusChanged{}, v.breaks(ignorer) >= breaks+want.breaks
+		})
+	}
 	v.await(t, "a work item accepted (capacity change)", func() (events.StatusChanged, bool) {
 		return events.StatusChanged{}, v.any(func(st events.StatusChanged) bool { return st.Reason == events.Reason("capacity") })
 	})
 
 	v.mu.Lock()
 	offers := slices.Clone(v.offers)
+	after := slices.DeleteFunc(slices.Clone(v.statuses[ignorer]), func(st events.StatusChanged) bool { return st.Version <= inactive.Version })
 	v.mu.Unlock()
+	for _, st := range after {
+		t.Errorf("%s left Inactive: version %d is %s (%s, by %s)", ignorer, st.Version, st.PresenceID, st.Reason, st.Actor)
+	}
 	for _, o := range offers {
 		if o.agent == ignorer && o.AgentVersion >= inactive.Version {
 			t.Errorf("%s was offered %s after it went Inactive (offer based on version %d, inactive at %d)", ignorer, o.WorkItemID, o.AgentVersion, inactive.Version)
@@ -173,6 +199,22 @@ func (v *view) version(agent string, version uint64) (events.StatusChanged, bool
 }
 
 func (v *view) offerCount() int { return len(v.offers) }
+
+// breaks counts the times agents other than except went away by their own choice.
+func (v *view) breaks(except string) int {
+	n := 0
+	for agent, h := range v.statuses {
+		if agent == except {
+			continue
+		}
+		for _, st := range h {
+			if st.BaseStatus == events.Away && st.Reason == events.ReasonManual {
+				n++
+			}
+		}
+	}
+	return n
+}
 
 func (v *view) any(f func(events.StatusChanged) bool) bool {
 	for _, h := range v.statuses {
