@@ -32,36 +32,64 @@ import (
 	"github.com/presenced/presenced/worker"
 )
 
+// usageOf is each command's usage line (after "presencectl "); an argument
+// error names the line of its command, and the usage text lists them all.
+var usageOf = map[string]string{
+	"presences":         "presences",
+	"presence set":      "presence set <presenceId> --name N --base STATUS [--text T] [--description D] [--selectable=false]",
+	"presence remove":   "presence remove <presenceId>",
+	"settings":          "settings [--default-presence ID|null] [--missed on|off|null] [--rejected on|off|null] [--session-ttl SECONDS|null] [--reconnect-grace SECONDS|null]",
+	"agent default":     "agent default <agentId> <presenceId>|null",
+	"agent remove":      "agent remove <agentId>",
+	"agent login":       "agent login <agentId> [--session S]",
+	"agent logout":      "agent logout <agentId> [--session S]",
+	"agent heartbeat":   "agent heartbeat <agentId> [--session S]",
+	"agent set":         "agent set <agentId> <presenceId>",
+	"get":               "get <agentId>",
+	"watch":             "watch",
+	"workstream set":    "workstream set <workstreamId> --allowed available,busy [--name N]",
+	"workstream remove": "workstream remove <workstreamId>",
+	"workstreams":       "workstreams",
+	"work submit":       "work submit <workstreamId> [--id ID] [--units N]",
+	"apply":             "apply <file>",
+	"rejected":          "rejected [--limit N]",
+	"rejected show":     "rejected show <seq>",
+	"rejected replay":   "rejected replay <seq>",
+}
+
 const usage = `presencectl: administer and operate presenced
 
 Usage: presencectl [--nats-url URL] [--subject-prefix P] [--json] COMMAND ...
+--json (JSON results for scripts) may stand anywhere on the line. Results go to
+standard output; this text and errors go to standard error.
 
 Presences and settings:
   presences                                   list every presence
-  presence set ID --name N [--text T] --base STATUS [--description D] [--selectable=false]
-  presence remove ID
-  settings [--default-presence ID|null] [--missed on|off|null] [--rejected on|off|null]
-           [--session-ttl SECONDS|null] [--reconnect-grace SECONDS|null]
+  presence set <presenceId> --name N --base STATUS [--text T] [--description D] [--selectable=false]
+  presence remove <presenceId>
+  settings [--default-presence ID|null] [--missed on|off|null] [--rejected on|off|null] [--session-ttl SECONDS|null] [--reconnect-grace SECONDS|null]
 Agents:
-  agent default AGENT PRESENCE|null           set or clear an agent's default presence
-  agent remove AGENT                          forget an agent
-  agent login|logout|heartbeat AGENT [--session S]
-  agent set AGENT PRESENCE                    pick a presence for the agent
-  get AGENT                                   the agent's current status
+  agent default <agentId> <presenceId>|null   set or clear an agent's default presence
+  agent remove <agentId>                      forget an agent
+  agent login <agentId> [--session S]
+  agent logout <agentId> [--session S]
+  agent heartbeat <agentId> [--session S]
+  agent set <agentId> <presenceId>            pick a presence for the agent
+  get <agentId>                               the agent's current status
   watch                                       live table of status changes (Ctrl-C ends)
 Workstreams:
-  workstream set ID --allowed available,busy [--name N]
-  workstream remove ID
+  workstream set <workstreamId> --allowed available,busy [--name N]
+  workstream remove <workstreamId>
   workstreams                                 list workstreams
 Work (reference router):
-  work submit WORKSTREAM [--id ID] [--units N]
+  work submit <workstreamId> [--id ID] [--units N]
 Setup:
-  apply FILE                                  publish a whole setup (presences, settings,
+  apply <file>                                publish a whole setup (presences, settings,
                                               agents, workstreams) from a JSON file
 Dead letters:
   rejected [--limit N]                        list rejected events
-  rejected show SEQ                           one rejected event in full
-  rejected replay SEQ                         publish the original event again
+  rejected show <seq>                         one rejected event in full
+  rejected replay <seq>                       publish the original event again
 
 Connection flags (each also read from PRESENCED_<FLAG>, as for presenced):
   --nats-url, --nats-user/--nats-password, --nats-token, --nats-creds, --nats-nkey,
@@ -71,7 +99,7 @@ Connection flags (each also read from PRESENCED_<FLAG>, as for presenced):
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout); err != nil {
+	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "presencectl:", err)
 		os.Exit(1)
 	}
@@ -87,17 +115,36 @@ type cli struct {
 	js     jetstream.JetStream
 }
 
-func run(ctx context.Context, args []string, env cmdline.Env, out io.Writer) error {
+// run carries out one command. Its results go to out; the usage text goes to
+// errOut when asked for, and otherwise with the error (which main prints to
+// standard error), so a script reading out never gets usage for a result.
+func run(ctx context.Context, args []string, env cmdline.Env, out, errOut io.Writer) error {
+	args, asJSON, err := takeJSON(args)
+	if err != nil {
+		return err
+	}
+	if wantsHelp(args) {
+		fmt.Fprint(errOut, usage)
+		return nil
+	}
 	f := cmdline.NewFlags("presencectl", "", env)
 	natsOpts := cmdline.AddNATS(f, nats.DefaultURL)
 	prefix := f.String("subject-prefix", "presence", "subject prefix")
-	asJSON := f.FlagSet.Bool("json", false, "print JSON for scripts")
-	if err := f.Parse(args); err != nil || f.NArg() == 0 {
-		fmt.Fprint(out, usage)
-		if err != nil {
-			return fmt.Errorf("%w (see the usage above)", err)
-		}
-		return errors.New("no command given (see the usage above)")
+	if err := f.Parse(args); err != nil {
+		return withUsage(err)
+	}
+	if f.NArg() == 0 {
+		return withUsage(errors.New("no command given"))
+	}
+	// Arguments are checked before connecting: a mistake is named, with its
+	// command's usage, even where no server can be reached.
+	action, err := resolve(f.Args())
+	if errors.Is(err, errHelp) {
+		fmt.Fprint(errOut, usage)
+		return nil
+	}
+	if err != nil {
+		return withUsage(err)
 	}
 	nc, err := natsOpts.Connect("presencectl", slog.New(slog.NewTextHandler(io.Discard, nil)), nats.Timeout(5*time.Second), nats.MaxReconnects(0))
 	if err != nil {
@@ -109,8 +156,78 @@ func run(ctx context.Context, args []string, env cmdline.Env, out io.Writer) err
 		return err
 	}
 	names := worker.NamesFor(*prefix)
-	c := &cli{out: out, json: *asJSON, subj: names.Subjects, names: names, prefix: *prefix, nc: nc, js: js}
-	return c.dispatch(ctx, f.Args())
+	c := &cli{out: out, json: asJSON, subj: names.Subjects, names: names, prefix: *prefix, nc: nc, js: js}
+	return action(ctx, c)
+}
+
+// takeJSON takes --json (or -json, --json=BOOL) out of args wherever it
+// stands, up to a "--" that ends the flags: the global flags stop at the
+// command and each command parses its own, so it would otherwise count only
+// before the command. It therefore cannot be the value of another flag.
+func takeJSON(args []string) ([]string, bool, error) {
+	out := make([]string, 0, len(args))
+	on := false
+	for i, a := range args {
+		if a == "--" {
+			out = append(out, args[i:]...)
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || strings.HasPrefix(a, "---") || name != "json" {
+			out = append(out, a)
+			continue
+		}
+		on = true
+		if hasValue {
+			b, err := strconv.ParseBool(value)
+			if err != nil {
+				return nil, false, fmt.Errorf("%s: use --json, --json=true or --json=false", a)
+			}
+			on = b
+		}
+	}
+	return out, on, nil
+}
+
+// withUsage puts the whole usage after what went wrong, the specific part
+// first, so it is the first thing a reader sees.
+func withUsage(err error) error {
+	return fmt.Errorf("%w\n\n%s", err, strings.TrimRight(usage, "\n"))
+}
+
+// wantsHelp reports -h or --help anywhere before a "--".
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	errUnknownCommand = errors.New("unknown command")
+	errHelp           = errors.New("help asked for")
+)
+
+// usageError says what is wrong with the arguments of cmd and shows its usage.
+func usageError(cmd, what string) error {
+	return fmt.Errorf("%s: %s: presencectl %s", cmd, what, usageOf[cmd])
+}
+
+// parseFlags parses a command's own flags; words left over are a mistake.
+func parseFlags(fs *flag.FlagSet, cmd string, args []string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return usageError(cmd, err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usageError(cmd, fmt.Sprintf("unexpected %q", strings.Join(fs.Args(), " ")))
+	}
+	return nil
 }
 
 func or(a, b string) string {
@@ -120,54 +237,131 @@ func or(a, b string) string {
 	return b
 }
 
-func (c *cli) dispatch(ctx context.Context, a []string) error {
+type action func(ctx context.Context, c *cli) error
+
+// resolve finds the command in a and checks how many arguments it got.
+func resolve(a []string) (action, error) {
 	cmd, rest := a[0], a[1:]
-	sub := ""
+	sub, args := "", []string(nil)
 	if len(rest) > 0 {
-		sub = rest[0]
+		sub, args = rest[0], rest[1:]
 	}
-	switch {
-	case cmd == "presences":
-		return c.presences(ctx)
-	case cmd == "presence" && sub == "set":
-		return c.presenceSet(ctx, rest[1:])
-	case cmd == "presence" && sub == "remove" && len(rest) == 2:
-		return c.config(ctx, events.PresenceRemoved, events.PresenceRemovedData{ID: rest[1]})
-	case cmd == "settings":
-		return c.settings(ctx, rest)
-	case cmd == "agent" && sub == "default" && len(rest) == 3:
-		var def *string
-		if rest[2] != "null" {
-			def = &rest[2]
+	name := cmd + " " + sub
+	// first reports whether args starts with a word that is not a flag, as the
+	// commands that take an id and then flags need.
+	first := func(args []string) bool { return len(args) > 0 && !strings.HasPrefix(args[0], "-") }
+	switch cmd {
+	case "help":
+		return nil, errHelp
+	case "presences", "watch", "workstreams":
+		if len(rest) != 0 {
+			return nil, usageError(cmd, "takes no arguments")
 		}
-		return c.config(ctx, events.AgentConfigured, events.AgentConfiguredData{AgentID: rest[1], DefaultPresenceID: def})
-	case cmd == "agent" && sub == "remove" && len(rest) == 2:
-		return c.config(ctx, events.AgentRemoved, events.AgentRemovedData{AgentID: rest[1]})
-	case cmd == "agent" && (sub == "login" || sub == "logout" || sub == "heartbeat"):
-		return c.session(ctx, events.Type("agent."+sub), rest[1:])
-	case cmd == "agent" && sub == "set" && len(rest) == 3:
-		return c.send(ctx, events.AgentPresenceSet, rest[1], events.PresenceSetData{PresenceID: rest[2]})
-	case cmd == "get" && len(rest) == 1:
-		return c.get(ctx, rest[0])
-	case cmd == "watch":
-		return c.watch(ctx)
-	case cmd == "workstream" && sub == "set":
-		return c.workstreamSet(ctx, rest[1:])
-	case cmd == "workstream" && sub == "remove" && len(rest) == 2:
-		return c.publishWorkstream(ctx, events.WorkstreamRemoved, events.Workstream{ID: rest[1]})
-	case cmd == "workstreams":
-		return c.workstreams(ctx)
-	case cmd == "apply" && len(rest) == 1:
-		return c.apply(ctx, rest[0])
-	case cmd == "work" && sub == "submit" && len(rest) >= 2:
-		return c.workSubmit(ctx, rest[1], rest[2:])
-	case cmd == "rejected" && (sub == "" || strings.HasPrefix(sub, "-")):
-		return c.rejectedList(ctx, rest)
-	case cmd == "rejected" && (sub == "show" || sub == "replay") && len(rest) == 2:
-		return c.rejectedOne(ctx, sub, rest[1])
+		return map[string]action{
+			"presences":   func(ctx context.Context, c *cli) error { return c.presences(ctx) },
+			"watch":       func(ctx context.Context, c *cli) error { return c.watch(ctx) },
+			"workstreams": func(ctx context.Context, c *cli) error { return c.workstreams(ctx) },
+		}[cmd], nil
+	case "get":
+		if len(rest) != 1 {
+			return nil, usageError(cmd, "give an agent id")
+		}
+		return func(ctx context.Context, c *cli) error { return c.get(ctx, rest[0]) }, nil
+	case "apply":
+		if len(rest) != 1 {
+			return nil, usageError(cmd, "give the setup file")
+		}
+		return func(ctx context.Context, c *cli) error { return c.apply(ctx, rest[0]) }, nil
+	case "settings":
+		return func(ctx context.Context, c *cli) error { return c.settings(ctx, rest) }, nil
+	case "presence":
+		switch sub {
+		case "set":
+			if !first(args) {
+				return nil, usageError(name, "give a presence id first")
+			}
+			return func(ctx context.Context, c *cli) error { return c.presenceSet(ctx, args) }, nil
+		case "remove":
+			if len(args) != 1 {
+				return nil, usageError(name, "give a presence id")
+			}
+			return func(ctx context.Context, c *cli) error {
+				return c.config(ctx, events.PresenceRemoved, events.PresenceRemovedData{ID: args[0]})
+			}, nil
+		}
+		return nil, fmt.Errorf("presence: use presencectl %s, or presencectl %s", usageOf["presence set"], usageOf["presence remove"])
+	case "agent":
+		switch sub {
+		case "default":
+			if len(args) != 2 {
+				return nil, usageError(name, "give an agent id and a presence id (or null to clear it)")
+			}
+			return func(ctx context.Context, c *cli) error {
+				var def *string
+				if args[1] != "null" {
+					def = &args[1]
+				}
+				return c.config(ctx, events.AgentConfigured, events.AgentConfiguredData{AgentID: args[0], DefaultPresenceID: def})
+			}, nil
+		case "remove":
+			if len(args) != 1 {
+				return nil, usageError(name, "give an agent id")
+			}
+			return func(ctx context.Context, c *cli) error {
+				return c.config(ctx, events.AgentRemoved, events.AgentRemovedData{AgentID: args[0]})
+			}, nil
+		case "login", "logout", "heartbeat":
+			if !first(args) {
+				return nil, usageError(name, "give an agent id first")
+			}
+			return func(ctx context.Context, c *cli) error { return c.session(ctx, sub, args) }, nil
+		case "set":
+			if len(args) != 2 {
+				return nil, usageError(name, "give an agent id and a presence id")
+			}
+			return func(ctx context.Context, c *cli) error {
+				return c.send(ctx, events.AgentPresenceSet, args[0], events.PresenceSetData{PresenceID: args[1]})
+			}, nil
+		}
+		return nil, errors.New("agent: use default, remove, login, logout, heartbeat or set, e.g. presencectl " + usageOf["agent set"])
+	case "workstream":
+		switch sub {
+		case "set":
+			if !first(args) {
+				return nil, usageError(name, "give a workstream id first")
+			}
+			return func(ctx context.Context, c *cli) error { return c.workstreamSet(ctx, args) }, nil
+		case "remove":
+			if len(args) != 1 {
+				return nil, usageError(name, "give a workstream id")
+			}
+			return func(ctx context.Context, c *cli) error {
+				return c.publishWorkstream(ctx, events.WorkstreamRemoved, events.Workstream{ID: args[0]})
+			}, nil
+		}
+		return nil, fmt.Errorf("workstream: use presencectl %s, or presencectl %s", usageOf["workstream set"], usageOf["workstream remove"])
+	case "work":
+		if sub != "submit" {
+			return nil, errors.New("work: use presencectl " + usageOf["work submit"])
+		}
+		if !first(args) {
+			return nil, usageError(name, "give a workstream id first")
+		}
+		return func(ctx context.Context, c *cli) error { return c.workSubmit(ctx, args[0], args[1:]) }, nil
+	case "rejected":
+		switch {
+		case sub == "" || strings.HasPrefix(sub, "-"):
+			return func(ctx context.Context, c *cli) error { return c.rejectedList(ctx, rest) }, nil
+		case sub == "show" || sub == "replay":
+			if len(args) != 1 {
+				return nil, usageError(name, "give the sequence number that presencectl rejected lists")
+			}
+			return func(ctx context.Context, c *cli) error { return c.rejectedOne(ctx, sub, args[0]) }, nil
+		}
+		return nil, fmt.Errorf("rejected: use presencectl %s, presencectl %s or presencectl %s",
+			usageOf["rejected"], usageOf["rejected show"], usageOf["rejected replay"])
 	}
-	fmt.Fprint(c.out, usage)
-	return fmt.Errorf("unknown command or wrong arguments: %q (see the usage above)", strings.Join(a, " "))
+	return nil, fmt.Errorf("%w %q", errUnknownCommand, strings.Join(a, " "))
 }
 
 func newID() string {
@@ -216,23 +410,20 @@ func (c *cli) print(v any, human string) error {
 	return err
 }
 
+// presenceSet takes the presence id, then its flags.
 func (c *cli) presenceSet(ctx context.Context, args []string) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return errors.New("presence set needs an id first: presencectl presence set training --name 'Away – in training' --base away")
-	}
 	id := args[0]
 	fs := flag.NewFlagSet("presence set", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	name := fs.String("name", "", "")
 	text := fs.String("text", "", "")
 	base := fs.String("base", "", "")
 	desc := fs.String("description", "", "")
 	sel := fs.Bool("selectable", true, "")
-	if err := fs.Parse(args[1:]); err != nil {
-		return fmt.Errorf("presence set: %w", err)
+	if err := parseFlags(fs, "presence set", args[1:]); err != nil {
+		return err
 	}
 	if *name == "" || !events.BaseStatus(*base).Valid() {
-		return errors.New("presence set needs --name and --base (available, busy, busy_dnd, away or offline)")
+		return usageError("presence set", "give --name and --base (available, busy, busy_dnd, away or offline)")
 	}
 	return c.config(ctx, events.PresenceConfigured, map[string]any{"id": id, "name": *name, "text": or(*text, *name),
 		"baseStatus": *base, "description": *desc, "selectable": *sel})
@@ -240,14 +431,13 @@ func (c *cli) presenceSet(ctx context.Context, args []string) error {
 
 func (c *cli) settings(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("settings", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	def := fs.String("default-presence", "", "")
 	missed := fs.String("missed", "", "")
 	rejected := fs.String("rejected", "", "")
 	ttl := fs.String("session-ttl", "", "")
 	grace := fs.String("reconnect-grace", "", "")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("settings: %w", err)
+	if err := parseFlags(fs, "settings", args); err != nil {
+		return err
 	}
 	data := map[string]any{}
 	set := func(key, v string, conv func(string) (any, error)) error {
@@ -289,22 +479,20 @@ func (c *cli) settings(ctx context.Context, args []string) error {
 		}
 	}
 	if len(data) == 0 {
-		return errors.New("settings needs at least one of --default-presence, --missed, --rejected, --session-ttl, --reconnect-grace")
+		return usageError("settings", "give at least one of --default-presence, --missed, --rejected, --session-ttl, --reconnect-grace")
 	}
 	return c.config(ctx, events.SettingsConfigured, data)
 }
 
-func (c *cli) session(ctx context.Context, typ events.Type, args []string) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%s needs an agent id", typ)
-	}
-	fs := flag.NewFlagSet(string(typ), flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+// session sends agent.login, agent.logout or agent.heartbeat (verb is the
+// part after "agent."), taking the agent id and then --session.
+func (c *cli) session(ctx context.Context, verb string, args []string) error {
+	fs := flag.NewFlagSet("agent "+verb, flag.ContinueOnError)
 	s := fs.String("session", "", "")
-	if err := fs.Parse(args[1:]); err != nil {
-		return fmt.Errorf("%s: %w", typ, err)
+	if err := parseFlags(fs, "agent "+verb, args[1:]); err != nil {
+		return err
 	}
-	return c.send(ctx, typ, args[0], events.SessionData{SessionID: *s})
+	return c.send(ctx, events.Type("agent."+verb), args[0], events.SessionData{SessionID: *s})
 }
 
 func (c *cli) request(ctx context.Context, subject string) ([]byte, error) {
@@ -394,16 +582,13 @@ func (c *cli) watch(ctx context.Context) error {
 	}
 }
 
+// workstreamSet takes the workstream id, then its flags.
 func (c *cli) workstreamSet(ctx context.Context, args []string) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return errors.New("workstream set needs an id first: presencectl workstream set chat --allowed available,busy")
-	}
 	fs := flag.NewFlagSet("workstream set", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	name := fs.String("name", "", "")
 	allowed := fs.String("allowed", "", "")
-	if err := fs.Parse(args[1:]); err != nil {
-		return fmt.Errorf("workstream set: %w", err)
+	if err := parseFlags(fs, "workstream set", args[1:]); err != nil {
+		return err
 	}
 	ws := events.Workstream{ID: args[0], Name: or(*name, args[0])}
 	for _, b := range strings.Split(*allowed, ",") {
@@ -415,7 +600,7 @@ func (c *cli) workstreamSet(ctx context.Context, args []string) error {
 		}
 	}
 	if len(ws.AllowedBaseStatuses) == 0 {
-		return errors.New("workstream set needs --allowed with at least one base status, e.g. --allowed available,busy")
+		return usageError("workstream set", "give --allowed with at least one base status")
 	}
 	return c.publishWorkstream(ctx, events.WorkstreamConfigured, ws)
 }
@@ -436,11 +621,10 @@ func (c *cli) publishWorkstream(ctx context.Context, typ events.Type, ws events.
 
 func (c *cli) workSubmit(ctx context.Context, workstream string, args []string) error {
 	fs := flag.NewFlagSet("work submit", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	id := fs.String("id", "", "")
 	units := fs.Int("units", 1, "")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("work submit: %w (usage: work submit WORKSTREAM [--id ID] [--units N])", err)
+	if err := parseFlags(fs, "work submit", args); err != nil {
+		return err
 	}
 	w := events.WorkItem{ID: or(*id, "w-"+newID()), WorkstreamID: workstream, Units: *units}
 	if rej := w.Validate(workstream); rej != nil {
@@ -509,10 +693,9 @@ func (c *cli) rejectedStream(ctx context.Context) (jetstream.Stream, error) {
 
 func (c *cli) rejectedList(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("rejected", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	limit := fs.Int("limit", 50, "")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("rejected: %w", err)
+	if err := parseFlags(fs, "rejected", args); err != nil {
+		return err
 	}
 	s, err := c.rejectedStream(ctx)
 	if err != nil {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,6 +62,15 @@ type dispatcher struct {
 	log  *slog.Logger
 	m    *routerMetrics
 
+	// runID is new for every start of the router and goes into the id of every
+	// event it publishes. Ids are otherwise built from what a run counts (an
+	// offer's attempt, an announcement's number), which starts again after a
+	// restart: without runID a restarted router would repeat an id of its
+	// previous run, and JetStream's duplicate window or the worker's dedupe
+	// would drop a new missed notification or capacity change as a copy.
+	runID  string
+	capSeq uint64 // capacity announcements of this run; guarded by capMu
+
 	mu      sync.Mutex
 	loads   map[string]load
 	holds   map[string]hold
@@ -83,7 +94,7 @@ func newDispatcher(r *router.Router, nc *nats.Conn, cfg dispatchConfig, log *slo
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	d := &dispatcher{cfg: cfg, r: r, nc: nc, js: js, subj: events.Subjects{Prefix: cfg.Prefix}, log: log,
+	d := &dispatcher{cfg: cfg, r: r, nc: nc, js: js, subj: events.Subjects{Prefix: cfg.Prefix}, log: log, runID: newRunID(),
 		loads: map[string]load{}, holds: map[string]hold{}, wake: make(chan struct{}, 1)}
 	d.m = &routerMetrics{
 		offers:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presence_router_offers_total", Help: "Offers by outcome (accepted, declined, missed)."}, []string{"outcome"}),
@@ -99,6 +110,14 @@ func newDispatcher(r *router.Router, nc *nats.Conn, cfg dispatchConfig, log *slo
 		reg.MustRegister(d.m.offers, d.m.assigned, d.m.done, d.m.pending)
 	}
 	return d, nil
+}
+
+// newRunID is random rather than the start time, so two routers started in the
+// same instant, or a clock set back, still never share one.
+func newRunID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // run restores the queue and the loads, re-announces capacity, then consumes
@@ -288,7 +307,7 @@ func (d *dispatcher) completed(ctx context.Context, agent string, m jetstream.Ms
 		d.log.Warn("completion of a work item the agent does not hold, ignored", "agent", agent, "workItem", c.WorkItemID)
 		return nil
 	}
-	next := load{Total: l.Total, Items: map[string]int{}}
+	next := load{Total: l.Total, Items: map[string]int{}, LastWork: time.Now().UTC()}
 	for id, u := range l.Items {
 		if id != c.WorkItemID {
 			next.Items[id] = u
@@ -317,9 +336,11 @@ func (d *dispatcher) setLoad(ctx context.Context, agent string, l load, why stri
 	return d.announce(ctx, agent, l, why)
 }
 
+// announce publishes an agent's capacity. Callers hold capMu.
 func (d *dispatcher) announce(ctx context.Context, agent string, l load, why string) error {
 	data := events.CapacityData{Used: l.used(), Total: l.Total}
-	id := fmt.Sprintf("capacity-%s-%d-%d-%d", agent, data.Used, data.Total, time.Now().UnixNano())
+	d.capSeq++
+	id := fmt.Sprintf("capacity-%s-%d-%s", d.runID, d.capSeq, agent)
 	msg, err := events.NewInput(d.subj, events.AgentCapacityChanged, agent, id, d.cfg.Source, data)
 	if err != nil {
 		return err
@@ -338,6 +359,9 @@ func (d *dispatcher) publish(ctx context.Context, msg *nats.Msg) error {
 		_, err := d.js.PublishMsg(ctx, msg)
 		if err == nil {
 			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("publish %s: %w", msg.Subject, err)
 		}
 		d.log.Warn("publish failed, retrying", "subject", msg.Subject, "err", err)
 		select {
@@ -456,7 +480,7 @@ func (d *dispatcher) offer(ctx context.Context, it *item, a router.Agent) {
 		if res == declined {
 			typ = events.NotificationRejected
 		}
-		id := fmt.Sprintf("%s-%s-%s-%d", res, it.ID, a.AgentID, it.attempts)
+		id := fmt.Sprintf("%s-%s-%s-%s-%d", res, d.runID, it.ID, a.AgentID, it.attempts)
 		msg, err := events.NewInput(d.subj, typ, a.AgentID, id, d.cfg.Source, events.NotificationData{WorkItemID: it.ID, WorkstreamID: it.WorkstreamID})
 		if err == nil {
 			err = d.publish(ctx, msg)
@@ -473,7 +497,7 @@ func (d *dispatcher) offer(ctx context.Context, it *item, a router.Agent) {
 }
 
 func (d *dispatcher) ask(ctx context.Context, it *item, a router.Agent) outcome {
-	id := fmt.Sprintf("offer-%s-%s-%d", it.ID, a.AgentID, it.attempts)
+	id := fmt.Sprintf("offer-%s-%s-%s-%d", d.runID, it.ID, a.AgentID, it.attempts)
 	msg, err := events.NewRoutingEvent(d.subj.OfferSubject(a.AgentID), events.WorkOffered, id, d.cfg.Source, events.Offer{
 		WorkItemID: it.ID, WorkstreamID: it.WorkstreamID, Units: it.Units, AgentVersion: a.Version, TimeoutMs: d.cfg.OfferTimeout.Milliseconds(),
 	})
@@ -506,7 +530,7 @@ func (d *dispatcher) assign(ctx context.Context, it *item, agent string) error {
 	d.mu.Lock()
 	l, ok := d.loads[agent]
 	d.mu.Unlock()
-	next := load{Total: d.cfg.Capacity, Items: map[string]int{}}
+	next := load{Total: d.cfg.Capacity, Items: map[string]int{}, LastWork: time.Now().UTC()}
 	if ok {
 		next.Total = l.Total
 		for id, u := range l.Items {

@@ -1,7 +1,8 @@
 // Command router is the reference routing service built on the router package:
-// it takes work items, offers each to an eligible agent (longest in its presence
-// first), waits for an answer, reports missed and declined offers to presenced,
-// keeps agents' capacity, and answers the eligibility query of contract §8.
+// it takes work items, offers each to an eligible agent (longest idle first, as
+// pick measures it), waits for an answer, reports missed and declined offers to
+// presenced, keeps agents' capacity, and answers the eligibility query of
+// contract §8 over NATS and HTTP.
 package main
 
 import (
@@ -38,7 +39,7 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 	logging := cli.AddLogging(f)
 	prefix := f.String("subject-prefix", "presence", "prefix of every NATS subject")
 	source := f.String("source", "presence-router", "CloudEvents source of the events the router publishes")
-	httpAddr := f.String("http-addr", "", "address of /healthz, /readyz and /metrics (empty: off)")
+	httpAddr := f.String("http-addr", "", "address of /healthz, /readyz, /metrics and /eligible/<workstreamId> (empty: off)")
 	offerTimeout := f.Duration("offer-timeout", 10*time.Second, 100*time.Millisecond, "how long an agent has to answer an offer before it counts as missed")
 	hold := f.Duration("hold", 0, 0, "how long an agent who missed or declined is skipped (0: the offer timeout)")
 	capacity := f.Int("capacity", 2, 1, "capacity units of each agent")
@@ -78,6 +79,7 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 		log.Info("health and metrics", "url", "http://"+addr)
 	}
 
+	stopping := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)
@@ -91,7 +93,9 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 
 	var runErr error
 	for range 2 {
-		if err := <-errc; err != nil && runErr == nil {
+		// A stop that comes while the router is still setting up cuts those
+		// calls short: that is a shutdown like any other, not a failure.
+		if err := <-errc; err != nil && runErr == nil && stopping.Err() == nil {
 			runErr = err
 			cancel()
 		}
@@ -107,11 +111,11 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 	return nil
 }
 
+// httpHandler serves health, metrics and the eligibility query, which answers
+// 503 while the router is still loading, like /readyz.
 func httpHandler(r *router.Router, reg *prometheus.Registry) http.Handler {
-	return cli.HealthHandler(func(context.Context) error {
-		if !r.Ready() {
-			return fmt.Errorf("loading statuses and workstreams (lag %d)", r.Lag())
-		}
-		return nil
-	}, reg)
+	mux := http.NewServeMux()
+	mux.Handle("/", cli.HealthHandler(func(context.Context) error { return r.Readiness() }, reg))
+	mux.Handle("GET /eligible/{workstreamId}", r.EligibleHandler())
+	return mux
 }

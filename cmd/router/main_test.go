@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"sync"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/internal/cli"
@@ -347,5 +351,154 @@ func TestEligibilityQuery(t *testing.T) {
 	}
 	if m.Header.Get("Nats-Service-Error-Code") != "404" {
 		t.Fatalf("unknown workstream answered %q", m.Header.Get("Nats-Service-Error-Code"))
+	}
+}
+
+// routerEvents collects what routers publish for one agent on its router subject.
+func (w *world) routerEvents(agent string) <-chan events.Event {
+	ch := make(chan events.Event, 64)
+	sub, err := w.nc.Subscribe(w.subj.RouterIn(agent), func(m *nats.Msg) {
+		ev, rej := w.subj.Decode(m.Subject, m.Header, m.Data)
+		if rej != nil {
+			w.t.Errorf("router event: %v", rej)
+			return
+		}
+		ch <- ev
+	})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return ch
+}
+
+func next(t *testing.T, ch <-chan events.Event, typ events.Type) events.Event {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev := <-ch:
+			if ev.Type == typ {
+				return ev
+			}
+		case <-timeout:
+			t.Fatalf("no %s published", typ)
+		}
+	}
+}
+
+// TestRestartedRouterUsesNewIDs: a second run of the router offering the same
+// item to the same agent, which misses it again, publishes a notification.missed
+// with a new id, and the worker acts on it (a repeated id would be dropped as a
+// copy of the first run's); a capacity re-announced at start has an id of its
+// own too.
+func TestRestartedRouterUsesNewIDs(t *testing.T) {
+	w := newWorld(t)
+	w.workstream("chat", events.Available, events.Busy)
+	w.client("a-1", "ignore")
+	w.input(events.AgentLogin, "a-1", nil)
+	w.awaitStatus("a-1", "available")
+	sent := w.routerEvents("a-1")
+
+	stop := w.startRouter("--offer-timeout", "300ms")
+	w.submit("m1", "chat")
+	first := next(t, sent, events.NotificationMissed)
+	inactive := w.awaitStatus("a-1", "inactive")
+	stop()
+	ids := map[string]bool{first.ID: true}
+	for len(sent) > 0 {
+		ids[(<-sent).ID] = true // any later attempt of the first run
+	}
+
+	// Back at the desk; the restarted router offers m1 to a-1 again, as its
+	// first attempt in this run, and a-1 misses it again.
+	w.input(events.AgentPresenceSet, "a-1", events.PresenceSetData{PresenceID: "available"})
+	w.awaitStatus("a-1", "available")
+	stop = w.startRouter("--offer-timeout", "300ms")
+	second := next(t, sent, events.NotificationMissed)
+	if ids[second.ID] {
+		t.Fatalf("the restarted router published id %q, already used by its first run (%v)", second.ID, ids)
+	}
+	again := w.awaitStatus("a-1", "inactive")
+	if again.Version <= inactive.Version || again.Cause.ID != second.ID {
+		t.Fatalf("second Inactive %+v (cause %+v), want a new status caused by %s", again, again.Cause, second.ID)
+	}
+
+	stop()
+
+	// Capacity: the same load announced by two runs (a-2 takes m1, still pending).
+	taker := "a-2"
+	w.client(taker, "accept")
+	got := w.routerEvents(taker)
+	w.input(events.AgentLogin, taker, nil)
+	w.awaitStatus(taker, "available")
+	stop = w.startRouter("--capacity", "1")
+	w.submit("m2", "chat")
+	assigned := next(t, got, events.AgentCapacityChanged)
+	w.awaitStatus(taker, "busy_dnd")
+	stop()
+	w.startRouter("--capacity", "1")
+	reannounced := next(t, got, events.AgentCapacityChanged)
+	if reannounced.Data != assigned.Data || reannounced.ID == assigned.ID {
+		t.Fatalf("capacity %s %+v, then after the restart %s %+v: want the same load under a new id",
+			assigned.ID, assigned.Data, reannounced.ID, reannounced.Data)
+	}
+}
+
+// TestHTTPEligibility: the router's HTTP eligibility query and /readyz answer
+// 503 until the snapshot is loaded, then the list.
+func TestHTTPEligibility(t *testing.T) {
+	w := newWorld(t)
+	w.workstream("chat", events.Available)
+	w.input(events.AgentLogin, "a-1", nil)
+	w.awaitStatus("a-1", "available")
+	r, err := router.New(w.nc, router.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(httpHandler(r, prometheus.NewRegistry()))
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		t.Helper()
+		res, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	for _, p := range []string{"/eligible/chat", "/readyz"} {
+		if code, body := get(p); code != http.StatusServiceUnavailable {
+			t.Errorf("%s before the snapshot is loaded: %d %q, want 503", p, code, body)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	timeout := time.After(20 * time.Second)
+	for {
+		ch := r.Changed()
+		if r.Ready() {
+			break
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			t.Fatalf("router never ready: %v", r.Readiness())
+		}
+	}
+	code, body := get("/eligible/chat")
+	var reply router.EligibleReply
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &reply) != nil || len(reply.Agents) != 1 || reply.Agents[0].AgentID != "a-1" {
+		t.Fatalf("/eligible/chat once ready: %d %s", code, body)
+	}
+	if code, _ := get("/eligible/nope"); code != http.StatusNotFound {
+		t.Fatalf("/eligible/nope: %d, want 404", code)
+	}
+	if code, body := get("/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz once ready: %d %q", code, body)
 	}
 }

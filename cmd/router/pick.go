@@ -1,6 +1,9 @@
 package main
 
 import (
+	"cmp"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/presenced/presenced/router"
@@ -11,6 +14,9 @@ import (
 type load struct {
 	Total int            `json:"total"`
 	Items map[string]int `json:"items"` // work item id → units
+	// LastWork is when this router last assigned the agent an item or saw it
+	// finish one; it is kept in the bucket so a restart does not forget it.
+	LastWork time.Time `json:"lastWork,omitzero"`
 }
 
 func (l load) used() int {
@@ -28,12 +34,34 @@ type hold struct {
 	until    time.Time
 }
 
-// pick chooses who gets an offer for a work item of the given units: the first
-// candidate (candidates come longest in their presence first) with room left that
-// is neither held nor has already been offered this item.
+// idleSince is when the agent's idle time began, which "longest idle first"
+// measures: the later of when it last had work (assigned or finished, as this
+// router recorded in load.LastWork) and when its current presence began
+// (Agent.Since: signing in, coming back from a break or from Inactive, or a
+// move by capacity). So an agent just back from a break queues behind one who
+// has waited for work meanwhile, and an agent given work without its presence
+// changing (capacity left, or a presence capacity does not move) counts from
+// that work, not from its older presence. Since is the worker's stored time and
+// LastWork the router's clock: they are compared as they are.
+func idleSince(a router.Agent, l load) time.Time {
+	if l.LastWork.After(a.Since) {
+		return l.LastWork
+	}
+	return a.Since
+}
+
+// pick chooses who gets an offer for a work item of the given units: the
+// longest idle candidate (earliest idleSince, ties by agent id) with room left
+// that is neither held nor has already been offered this item. The candidates'
+// own order (longest in their presence first) is not what routing wants, so
+// pick does not rely on it.
 func pick(cands []router.Agent, loads map[string]load, defaultTotal, units int, holds map[string]hold,
 	tried map[string]bool, now time.Time) (router.Agent, bool) {
-	for _, a := range cands {
+	order := slices.Clone(cands)
+	slices.SortFunc(order, func(a, b router.Agent) int {
+		return cmp.Or(idleSince(a, loads[a.AgentID]).Compare(idleSince(b, loads[b.AgentID])), strings.Compare(a.AgentID, b.AgentID))
+	})
+	for _, a := range order {
 		if tried[a.AgentID] {
 			continue
 		}
