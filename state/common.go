@@ -43,12 +43,13 @@ func checkCommits(commits []Commit, index []IndexEntry) error {
 	return nil
 }
 
-// checkPublished validates a DropOutbox call and returns its agents sorted.
-func checkPublished(published map[string]uint64) ([]string, error) {
-	ids := make([]string, 0, len(published))
-	for id := range published {
+// sortedAgents validates the agent ids of a call that takes a sequence per agent
+// (op names it in errors) and returns them sorted.
+func sortedAgents(op string, seqs map[string]uint64) ([]string, error) {
+	ids := make([]string, 0, len(seqs))
+	for id := range seqs {
 		if err := checkAgentID(id); err != nil {
-			return nil, fmt.Errorf("drop outbox: %w", err)
+			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 		ids = append(ids, id)
 	}

@@ -177,7 +177,7 @@ func (m *Memory) DropOutbox(ctx context.Context, published map[string]uint64) er
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("drop outbox: %w", err)
 	}
-	if _, err := checkPublished(published); err != nil {
+	if _, err := sortedAgents("drop outbox", published); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -217,6 +217,9 @@ func (m *Memory) SaveSeen(ctx context.Context, seen map[string][]Seen, expire ma
 func (m *Memory) Verify(ctx context.Context, seqs map[string]uint64) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
+	}
+	if _, err := sortedAgents("verify", seqs); err != nil {
+		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -16,6 +16,8 @@ import (
 )
 
 var (
+	//go:embed lua/stored_seq.lua
+	storedSeqSource string
 	//go:embed lua/commit.lua
 	commitSource string
 	//go:embed lua/save_config.lua
@@ -25,10 +27,10 @@ var (
 	//go:embed lua/drop_outbox.lua
 	dropOutboxSource string
 
-	commitScript        = redis.NewScript(commitSource)
+	commitScript        = redis.NewScript(storedSeqSource + commitSource)
 	saveConfigScript    = redis.NewScript(saveConfigSource)
 	swapPartitionScript = redis.NewScript(swapPartitionSource)
-	dropOutboxScript    = redis.NewScript(dropOutboxSource)
+	dropOutboxScript    = redis.NewScript(storedSeqSource + dropOutboxSource)
 )
 
 // RedisConfig configures the Redis store.
@@ -262,7 +264,7 @@ func (r *Redis) DropOutbox(ctx context.Context, published map[string]uint64) err
 	if r.err != nil {
 		return fmt.Errorf("drop outbox: %w", r.err)
 	}
-	ids, err := checkPublished(published)
+	ids, err := sortedAgents("drop outbox", published)
 	if err != nil {
 		return err
 	}
@@ -318,20 +320,16 @@ func (r *Redis) Verify(ctx context.Context, seqs map[string]uint64) ([]string, e
 	if r.err != nil {
 		return nil, fmt.Errorf("verify: %w", r.err)
 	}
-	ids := make([]string, 0, len(seqs))
-	for id := range seqs {
-		if err := checkAgentID(id); err != nil {
-			return nil, fmt.Errorf("verify: %w", err)
-		}
-		ids = append(ids, id)
+	ids, err := sortedAgents("verify", seqs)
+	if err != nil {
+		return nil, err
 	}
-	slices.Sort(ids)
 	if len(ids) == 0 {
 		return nil, nil
 	}
 	seqCmds := make([]*redis.StringCmd, len(ids))
 	stateCmds := make([]*redis.StringCmd, len(ids))
-	_, err := r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
+	_, err = r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for i, id := range ids {
 			seqCmds[i] = pl.HGet(ctx, r.keys.Agent(id), fieldSeq)
 			stateCmds[i] = pl.Get(ctx, r.keys.State(id))

@@ -412,6 +412,9 @@ func testVerify(t *testing.T, s state.Store) {
 		t.Fatal(err)
 	}
 	equal(t, "mismatches", bad, []string{"a2", "gone"})
+	if _, err := s.Verify(t.Context(), map[string]uint64{"a}b": 1}); err == nil {
+		t.Fatal("Verify accepted an invalid agent id")
+	}
 }
 
 func testRemoved(t *testing.T, s state.Store) {

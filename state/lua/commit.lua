@@ -1,12 +1,11 @@
 -- Commit the new state of several agents, each atomically and each only if the
 -- store holds the input sequence the writer expects (or, for a restore, an older
--- one); then drop outboxes whose changes are published.
+-- one). storedSeq comes from stored_seq.lua, which the store puts in front.
 --
 -- KEYS[3i-2], KEYS[3i-1], KEYS[3i] for agent i of n:
 --   <prefix>:agent:{<id>}   HASH, read model + worker fields (state/layout.go)
 --   <prefix>:state:{<id>}   STRING, JSON of handlers.Agent for an agent without a status
---   <prefix>:outbox:{<id>}  STRING, JSON of its last commit's status changes
--- KEYS[3n+1..]: outbox keys to delete
+--   <prefix>:outbox:{<id>}  STRING, its last commit's status changes and dedupe entries
 --
 -- ARGV[1]: n
 -- then per agent, from a:
@@ -25,22 +24,6 @@
 --
 -- Returns one 1 (applied) or 0 (stored sequence not as expected: nothing written)
 -- per agent. Sequences stay below 2^53, so Lua numbers compare them exactly.
-
-local function storedSeq(h, s)
-  local seq = redis.call('HGET', h, 'seq')
-  if seq then
-    return tonumber(seq)
-  end
-  local raw = redis.call('GET', s)
-  if not raw then
-    return 0
-  end
-  local ok, st = pcall(cjson.decode, raw)
-  if not ok or type(st) ~= 'table' then
-    return redis.error_reply('ERR presenced: state at ' .. s .. ' is not a JSON object')
-  end
-  return tonumber(st['appliedSeq']) or 0
-end
 
 local n = tonumber(ARGV[1])
 local out = {}
@@ -83,8 +66,5 @@ for i = 1, n do
     out[i] = 0
   end
   a = nextA
-end
-for k = 3 * n + 1, #KEYS do
-  redis.call('DEL', KEYS[k])
 end
 return out

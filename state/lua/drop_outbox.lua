@@ -7,23 +7,7 @@
 --   <prefix>:agent:{<id>}, <prefix>:state:{<id>}, <prefix>:outbox:{<id>}
 -- ARGV[i]: the applied sequence the outbox was published at
 --
--- Returns the number of outboxes deleted.
-
-local function storedSeq(h, s)
-  local seq = redis.call('HGET', h, 'seq')
-  if seq then
-    return tonumber(seq)
-  end
-  local raw = redis.call('GET', s)
-  if not raw then
-    return 0
-  end
-  local ok, st = pcall(cjson.decode, raw)
-  if not ok or type(st) ~= 'table' then
-    return redis.error_reply('ERR presenced: state at ' .. s .. ' is not a JSON object')
-  end
-  return tonumber(st['appliedSeq']) or 0
-end
+-- Returns the number of outboxes deleted. storedSeq comes from stored_seq.lua.
 
 local n = 0
 for i = 1, #ARGV do
