@@ -136,7 +136,19 @@ func (pt *partition) checkpoint(ctx context.Context, force bool) error {
 		}
 		clear(pt.drop)
 	}
-	ok, err := w.store.SwapPartition(ctx, pt.p, pt.stored, rec)
+	if err := pt.swap(ctx, rec); err != nil {
+		return err
+	}
+	pt.dirty = make(map[string]bool, len(pt.dirty))
+	pt.configDirty = false
+	pt.lastCheckpoint, pt.sinceCheckpoint = time.Now(), 0
+	return nil
+}
+
+// swap replaces the store's partition record with rec, against the record this
+// owner last wrote; a store holding another one changed under the owner.
+func (pt *partition) swap(ctx context.Context, rec state.Partition) error {
+	ok, err := pt.w.store.SwapPartition(ctx, pt.p, pt.stored, rec)
 	if err != nil {
 		return fmt.Errorf("save partition %d: %w", pt.p, err)
 	}
@@ -144,9 +156,6 @@ func (pt *partition) checkpoint(ctx context.Context, force bool) error {
 		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
 	}
 	pt.stored, pt.rec = rec, rec
-	pt.dirty = make(map[string]bool, len(pt.dirty))
-	pt.configDirty = false
-	pt.lastCheckpoint, pt.sinceCheckpoint = time.Now(), 0
 	return nil
 }
 
@@ -211,14 +220,9 @@ func (pt *partition) restore(ctx context.Context, durable state.Partition) error
 	start := time.Now()
 	pending := durable
 	pending.Marker = fmt.Sprintf("%s%s/%d", rebuildMarker, w.cfg.InstanceID, pt.rev)
-	ok, err := w.store.SwapPartition(ctx, pt.p, pt.stored, pending)
-	if err != nil {
-		return fmt.Errorf("save partition %d: %w", pt.p, err)
+	if err := pt.swap(ctx, pending); err != nil {
+		return err
 	}
-	if !ok {
-		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
-	}
-	pt.stored, pt.rec = pending, pending
 	cons, err := w.js.OrderedConsumer(ctx, w.names.StateStream(), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{w.names.agentSnapshotSubject(w.cfg.Prefix, pt.p, "*")},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
