@@ -149,17 +149,10 @@ func TestNotReadyWhileLoading(t *testing.T) {
 	}
 
 	released.Do(func() { close(release) })
-	timeout := time.After(20 * time.Second)
-	for {
-		ch := r.Changed()
-		if r.Ready() {
-			break
-		}
-		select {
-		case <-ch:
-		case <-timeout:
-			t.Fatalf("never ready: %v", r.Readiness())
-		}
+	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wcancel()
+	if err := r.WaitReady(wctx); err != nil {
+		t.Fatalf("never ready: %v", err)
 	}
 	if lag := r.Lag(); lag != 0 {
 		t.Errorf("Lag once ready = %d, want 0", lag)

@@ -272,6 +272,21 @@ func (r *Router) notifyLocked() {
 	r.changed = make(chan struct{})
 }
 
+// WaitReady blocks until the router is Ready (its snapshot loaded) or ctx ends.
+func (r *Router) WaitReady(ctx context.Context) error {
+	for {
+		ch := r.Changed()
+		if r.Ready() {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ctx.Err(), r.Readiness())
+		}
+	}
+}
+
 // Changed returns a channel closed at the next change of an agent or a
 // workstream, and when the router becomes Ready, so a dispatcher can wait for
 // eligibility to change instead of polling.

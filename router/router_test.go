@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -339,43 +337,5 @@ test_agents{base_status="offline"} 2
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "test_agents"); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// TestNotReadyAnswers503: until the snapshot is loaded the eligibility query
-// says so (503, Lag unknown), never an empty list that reads as "nobody".
-func TestNotReadyAnswers503(t *testing.T) {
-	s := newSetup(t)
-	r, err := router.New(s.nc, router.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := r.EligibleHandler()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("GET", "/eligible/ws", nil))
-	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
-		t.Fatalf("before Run: %d %q, want 503 with Retry-After", rec.Code, rec.Body.String())
-	}
-	if r.Lag() != router.LagUnknown || r.Readiness() == nil {
-		t.Fatalf("before Run: lag %d, readiness %v", r.Lag(), r.Readiness())
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "ready", r.Ready)
-	s.workstream(events.WorkstreamConfigured, events.Workstream{ID: "ws", AllowedBaseStatuses: []events.BaseStatus{events.Available}})
-	waitFor(t, "the workstream", func() bool {
-		rec = httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/eligible/ws", nil))
-		return rec.Code != http.StatusNotFound
-	})
-	if rec.Code != http.StatusOK || r.Lag() != 0 || r.Readiness() != nil {
-		t.Fatalf("ready: %d %q, lag %d, readiness %v", rec.Code, rec.Body.String(), r.Lag(), r.Readiness())
-	}
-	rec = httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("GET", "/eligible/nope", nil))
-	if rec.Code != http.StatusNotFound {
-		t.Fatalf("unknown workstream: %d", rec.Code)
 	}
 }

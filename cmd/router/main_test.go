@@ -229,15 +229,7 @@ func TestIgnoredOfferMakesAgentInactiveAndWorkMovesOn(t *testing.T) {
 	w.submit("w3", "chat")
 	w.complete("a-take", "w1")
 	// Capacity drops to 1 of 2 (busy), then w3 fills it again.
-	w.await("a-take busy then busy_dnd again", func(h []events.StatusChanged) bool {
-		n := 0
-		for _, st := range h {
-			if st.AgentID == "a-take" && st.PresenceID == "busy_dnd" {
-				n++
-			}
-		}
-		return n == 2
-	})
+	w.await("a-take busy then busy_dnd again", func(h []events.StatusChanged) bool { return times(h, "a-take", "busy_dnd") == 2 })
 	if got := taker.offered(); !slices.Equal(got, []string{"w1", "w2", "w3"}) {
 		t.Fatalf("a-take was offered %v, want w1 w2 w3", got)
 	}
@@ -310,15 +302,7 @@ func TestRestartReannouncesCapacityAndKeepsQueue(t *testing.T) {
 	}
 	// c2 survived the restart: completing c1 frees a-1 and c2 is assigned.
 	w.complete("a-1", "c1")
-	w.await("c2 assigned after restart", func(h []events.StatusChanged) bool {
-		n := 0
-		for _, st := range h {
-			if st.AgentID == "a-1" && st.PresenceID == "busy_dnd" {
-				n++
-			}
-		}
-		return n == 2
-	})
+	w.await("c2 assigned after restart", func(h []events.StatusChanged) bool { return times(h, "a-1", "busy_dnd") == 2 })
 }
 
 func TestEligibilityQuery(t *testing.T) {
@@ -478,17 +462,10 @@ func TestHTTPEligibility(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	timeout := time.After(20 * time.Second)
-	for {
-		ch := r.Changed()
-		if r.Ready() {
-			break
-		}
-		select {
-		case <-ch:
-		case <-timeout:
-			t.Fatalf("router never ready: %v", r.Readiness())
-		}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	if err := r.WaitReady(wctx); err != nil {
+		t.Fatalf("router never ready: %v", err)
 	}
 	code, body := get("/eligible/chat")
 	var reply router.EligibleReply
@@ -501,4 +478,15 @@ func TestHTTPEligibility(t *testing.T) {
 	if code, body := get("/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz once ready: %d %q", code, body)
 	}
+}
+
+// times counts how often agent entered presence in h.
+func times(h []events.StatusChanged, agent, presence string) int {
+	n := 0
+	for _, st := range h {
+		if st.AgentID == agent && st.PresenceID == presence {
+			n++
+		}
+	}
+	return n
 }
