@@ -33,9 +33,12 @@ const (
 )
 
 // agentFields returns the hash of an agent with a status as field, value pairs,
-// in a fixed order.
+// in the order a full write stores them: seq first, as the commit script's
+// compare-and-set reads it on every commit and a small hash is searched from
+// the front.
 func agentFields(a handlers.Agent) []string {
 	return []string{
+		fieldSeq, strconv.FormatUint(a.AppliedSeq, 10),
 		fieldPresenceID, a.PresenceID,
 		fieldName, a.Name,
 		fieldText, a.Text,
@@ -43,64 +46,53 @@ func agentFields(a handlers.Agent) []string {
 		fieldSignedIn, strconv.FormatBool(a.SignedIn),
 		fieldSince, a.Since.UTC().Format(time.RFC3339Nano),
 		fieldVersion, strconv.FormatUint(a.Version, 10),
-		fieldSeq, strconv.FormatUint(a.AppliedSeq, 10),
 		fieldWorker, packWorker(a),
 	}
 }
 
-// appendFields appends the hash pairs of a that differ from before (all of them
-// when before is nil) as script arguments and returns how many pairs. It
-// compares the fields themselves, and passes the names as constants (which
-// need no allocation), since this runs for every change.
-func appendFields(args []any, before *handlers.Agent, a handlers.Agent) ([]any, int) {
+// appendFields appends the hash pairs of a that differ from before (all of them,
+// in agentFields order, when before is nil) as MessagePack strings and returns
+// how many pairs. It compares the fields themselves and formats the values in
+// place, since this runs for every change.
+func appendFields(b []byte, before *handlers.Agent, a handlers.Agent) ([]byte, int) {
 	n := 0
 	all := before == nil
-	var b handlers.Agent
+	var p handlers.Agent
 	if !all {
-		b = *before
+		p = *before
 	}
-	if all || a.PresenceID != b.PresenceID {
-		args, n = append(args, fieldPresenceID, a.PresenceID), n+1
+	if all || a.AppliedSeq != p.AppliedSeq {
+		b = mpAppendString(mpString(b, fieldSeq), func(b []byte) []byte { return strconv.AppendUint(b, a.AppliedSeq, 10) })
+		n++
 	}
-	if all || a.Name != b.Name {
-		args, n = append(args, fieldName, a.Name), n+1
+	if all || a.PresenceID != p.PresenceID {
+		b, n = mpString(mpString(b, fieldPresenceID), a.PresenceID), n+1
 	}
-	if all || a.Text != b.Text {
-		args, n = append(args, fieldText, a.Text), n+1
+	if all || a.Name != p.Name {
+		b, n = mpString(mpString(b, fieldName), a.Name), n+1
 	}
-	if all || a.BaseStatus != b.BaseStatus {
-		args, n = append(args, fieldBaseStatus, string(a.BaseStatus)), n+1
+	if all || a.Text != p.Text {
+		b, n = mpString(mpString(b, fieldText), a.Text), n+1
 	}
-	if all || a.SignedIn != b.SignedIn {
-		v := "false"
-		if a.SignedIn {
-			v = "true"
-		}
-		args, n = append(args, fieldSignedIn, v), n+1
+	if all || a.BaseStatus != p.BaseStatus {
+		b, n = mpString(mpString(b, fieldBaseStatus), string(a.BaseStatus)), n+1
 	}
-	if all || !a.Since.Equal(b.Since) {
-		args, n = append(args, fieldSince, a.Since.UTC().Format(time.RFC3339Nano)), n+1
+	if all || a.SignedIn != p.SignedIn {
+		b, n = mpString(mpString(b, fieldSignedIn), strconv.FormatBool(a.SignedIn)), n+1
 	}
-	if all || a.Version != b.Version {
-		args, n = append(args, fieldVersion, strconv.FormatUint(a.Version, 10)), n+1
+	if all || !a.Since.Equal(p.Since) {
+		b = mpAppendString(mpString(b, fieldSince), func(b []byte) []byte { return a.Since.UTC().AppendFormat(b, time.RFC3339Nano) })
+		n++
 	}
-	if all || a.AppliedSeq != b.AppliedSeq {
-		args, n = append(args, fieldSeq, strconv.FormatUint(a.AppliedSeq, 10)), n+1
+	if all || a.Version != p.Version {
+		b = mpAppendString(mpString(b, fieldVersion), func(b []byte) []byte { return strconv.AppendUint(b, a.Version, 10) })
+		n++
 	}
-	if all || !sameWorker(b, a) {
-		args, n = append(args, fieldWorker, packWorker(a)), n+1
+	if all || !sameWorker(p, a) {
+		b = mpAppendString(mpString(b, fieldWorker), func(b []byte) []byte { return appendWorker(b, a) })
+		n++
 	}
-	return args, n
-}
-
-// changedFields is appendFields as field, value strings.
-func changedFields(before, a handlers.Agent) []string {
-	args, _ := appendFields(nil, &before, a)
-	out := make([]string, len(args))
-	for i, v := range args {
-		out[i] = v.(string)
-	}
-	return out
+	return b, n
 }
 
 // sameWorker reports whether two states pack to the same worker field.
@@ -140,35 +132,60 @@ var originCodes = map[handlers.Origin]string{
 
 var codeOrigins = map[string]handlers.Origin{"m": handlers.OriginManual, "c": handlers.OriginCapacity, "r": handlers.OriginRejected, "s": handlers.OriginSystem}
 
-func packWorker(a handlers.Agent) string {
-	parts := make([]string, 7)
-	parts[0] = originCodes[a.Origin]
-	parts[1] = string(a.Reason)
-	parts[2] = a.Actor
-	if c := a.Capacity; c != nil {
-		parts[3] = strconv.Itoa(c.Used) + "/" + strconv.Itoa(c.Total)
+func packWorker(a handlers.Agent) string { return string(appendWorker(nil, a)) }
+
+// appendWorker appends the worker field of a to b.
+func appendWorker(b []byte, a handlers.Agent) []byte {
+	// Parts are written with their separator in front, and the separators of
+	// trailing empty parts are cut off at the end.
+	head := len(b)
+	end := head // end of the last part that is not empty
+	part := func(i int, write func([]byte) []byte) {
+		if i > 0 {
+			b = append(b, '|')
+		}
+		before := len(b)
+		b = write(b)
+		if len(b) > before {
+			end = len(b)
+		}
 	}
-	parts[4] = a.DefaultPresenceID
-	if len(a.Sessions) > 0 {
-		var b strings.Builder
+	part(0, func(b []byte) []byte { return append(b, originCodes[a.Origin]...) })
+	part(1, func(b []byte) []byte { return append(b, a.Reason...) })
+	part(2, func(b []byte) []byte { return append(b, a.Actor...) })
+	part(3, func(b []byte) []byte {
+		if c := a.Capacity; c != nil {
+			b = strconv.AppendInt(b, int64(c.Used), 10)
+			b = append(b, '/')
+			b = strconv.AppendInt(b, int64(c.Total), 10)
+		}
+		return b
+	})
+	part(4, func(b []byte) []byte { return append(b, a.DefaultPresenceID...) })
+	part(5, func(b []byte) []byte {
 		for i, s := range a.Sessions {
 			if i > 0 {
-				b.WriteByte(',')
+				b = append(b, ',')
 			}
-			b.WriteString(s.ID)
-			b.WriteByte('@')
-			b.WriteString(strconv.FormatInt(nanos(s.Deadline), 10))
+			b = append(b, s.ID...)
+			b = append(b, '@')
+			b = strconv.AppendInt(b, nanos(s.Deadline), 10)
 		}
-		parts[5] = b.String()
-	}
-	if h := a.Held; h != nil {
-		parts[6] = h.PresenceID + "/" + string(h.BaseStatus) + "/" + originCodes[h.Origin] + "/" + strconv.FormatInt(nanos(h.ExpiredAt), 10)
-	}
-	n := len(parts)
-	for n > 0 && parts[n-1] == "" {
-		n--
-	}
-	return strings.Join(parts[:n], "|")
+		return b
+	})
+	part(6, func(b []byte) []byte {
+		if h := a.Held; h != nil {
+			b = append(b, h.PresenceID...)
+			b = append(b, '/')
+			b = append(b, h.BaseStatus...)
+			b = append(b, '/')
+			b = append(b, originCodes[h.Origin]...)
+			b = append(b, '/')
+			b = strconv.AppendInt(b, nanos(h.ExpiredAt), 10)
+		}
+		return b
+	})
+	return b[:end]
 }
 
 func nanos(t time.Time) int64 {

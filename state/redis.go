@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	_ "embed"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -149,12 +150,15 @@ func optional(c *redis.StringCmd) ([]byte, error) {
 	return b, err
 }
 
-// commitArgs appends the script arguments of one commit.
-func (r *Redis) commitArgs(keys []string, args []any, c Commit) ([]string, []any, error) {
+// commitArgs appends the keys of one commit and its entry in the chunk's
+// MessagePack argument: [expect, seq, flags, [field, value, ...], state, outbox]
+// (see commit.lua).
+func (r *Redis) commitArgs(keys []string, b []byte, c Commit) ([]string, []byte, error) {
 	st := stored(c)
 	id := c.Agent.ID
 	keys = append(keys, r.keys.Agent(id), r.keys.State(id), r.keys.Outbox(id))
-	flags := make([]byte, 0, 4)
+	var flagBuf [8]byte
+	flags := flagBuf[:0]
 	if c.Restore {
 		flags = append(flags, 'r')
 	}
@@ -171,11 +175,11 @@ func (r *Redis) commitArgs(keys []string, args []any, c Commit) ([]string, []any
 		}
 		flags = append(flags, 'h')
 	} else {
-		b, err := json.Marshal(st)
+		j, err := json.Marshal(st)
 		if err != nil {
 			return nil, nil, fmt.Errorf("commit %s: encode state: %w", id, err)
 		}
-		stateJSON = b
+		stateJSON = j
 		flags = append(flags, 's')
 	}
 	outbox := encodeOutbox(c.Outbox, c.Seen)
@@ -184,20 +188,22 @@ func (r *Redis) commitArgs(keys []string, args []any, c Commit) ([]string, []any
 	} else if c.DropOutbox || c.Restore || c.Removed {
 		flags = append(flags, 'O')
 	}
-	head := len(args)
-	args = append(args, strconv.FormatUint(c.Expect, 10), strconv.FormatUint(st.AppliedSeq, 10), string(flags), nil)
+	b = mpArray(b, 6)
+	b = mpUint(b, c.Expect)
+	b = mpUint(b, st.AppliedSeq)
+	b = mpBytes(b, flags)
+	// The field count is known once they are written: the array header is
+	// reserved at 16 bits and filled in.
+	head := len(b)
+	b = append(b, 0xdc, 0, 0)
 	m := 0
 	if st.HasStatus() {
-		args, m = appendFields(args, before, st)
+		b, m = appendFields(b, before, st)
 	}
-	args[head+3] = strconv.Itoa(m)
-	if stateJSON != nil {
-		args = append(args, stateJSON)
-	}
-	if len(outbox) > 0 {
-		args = append(args, outbox)
-	}
-	return keys, args, nil
+	binary.BigEndian.PutUint16(b[head+1:], uint16(2*m))
+	b = mpBytes(b, stateJSON)
+	b = mpBytes(b, outbox)
+	return keys, b, nil
 }
 
 // Commit implements Store: the commits go out in scripts of up to CommitChunk
@@ -213,15 +219,15 @@ func (r *Redis) Commit(ctx context.Context, p int, commits []Commit, index []Ind
 	for start := 0; start < len(commits); start += r.chunk {
 		end := min(start+r.chunk, len(commits))
 		keys := make([]string, 0, 3*(end-start))
-		args := make([]any, 0, 1+12*(end-start))
-		args = append(args, strconv.Itoa(end-start))
+		b := make([]byte, 0, 1024*(end-start))
+		b = mpArray(b, end-start)
 		for _, c := range commits[start:end] {
 			var err error
-			if keys, args, err = r.commitArgs(keys, args, c); err != nil {
+			if keys, b, err = r.commitArgs(keys, b, c); err != nil {
 				return nil, err
 			}
 		}
-		calls = append(calls, scriptCall{keys: keys, args: args, n: end - start})
+		calls = append(calls, scriptCall{keys: keys, args: []any{b}, n: end - start})
 	}
 	cmds, err := r.runScripts(ctx, commitScript, calls, func(pl redis.Pipeliner) { r.queueIndex(ctx, pl, p, index) })
 	if err != nil {

@@ -7,34 +7,31 @@
 --   <prefix>:state:{<id>}   STRING, JSON of handlers.Agent for an agent without a status
 --   <prefix>:outbox:{<id>}  STRING, its last commit's status changes and dedupe entries
 --
--- ARGV[1]: n
--- then per agent, from a:
---   ARGV[a]    expect: the applied sequence the store must hold (0: none)
---   ARGV[a+1]  the applied sequence of the new state
---   ARGV[a+2]  flags, any of:
---              r  restore: apply if the stored sequence is lower, whatever expect says
---              H  delete the hash before writing it (a full rewrite)
---              h  write m hash field/value pairs
---              s  write the state key (one JSON value), delete the hash
---              S  delete the state key
---              o  set the outbox (one value)
---              O  delete the outbox
---   ARGV[a+3]  m, the number of hash pairs
---   then 2m hash values (h), one state value (s), one outbox value (o), in that order
+-- ARGV[1]: MessagePack, an array with one entry per agent, in KEYS order:
+--   [expect, seq, flags, fields, state, outbox]
+--   expect  the applied sequence the store must hold (0: none)
+--   seq     the applied sequence of the new state
+--   flags   any of:
+--           r  restore: apply if the stored sequence is lower, whatever expect says
+--           H  delete the hash before writing it (a full rewrite)
+--           h  write the hash fields
+--           s  write the state key (state), delete the hash
+--           S  delete the state key
+--           o  set the outbox (outbox)
+--           O  delete the outbox
+--   fields  hash field, value, field, value, ... (strings)
+--   state   the state key's value, or '' without s
+--   outbox  the outbox's value, or '' without o
 --
 -- Returns one 1 (applied) or 0 (stored sequence not as expected: nothing written)
 -- per agent. Sequences stay below 2^53, so Lua numbers compare them exactly.
 
-local n = tonumber(ARGV[1])
+local commits = cmsgpack.unpack(ARGV[1])
 local out = {}
-local a = 2
-for i = 1, n do
+for i = 1, #commits do
+  local c = commits[i]
   local h, s, o = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local expect, seq, flags, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])
-  local v = a + 4
-  local nextA = v + 2 * m
-  if string.find(flags, 's', 1, true) then nextA = nextA + 1 end
-  if string.find(flags, 'o', 1, true) then nextA = nextA + 1 end
+  local expect, seq, flags, fields = c[1], c[2], c[3], c[4]
 
   local stored = storedSeq(h, s)
   if type(stored) == 'table' then return stored end
@@ -46,18 +43,16 @@ for i = 1, n do
   end
   if apply then
     if string.find(flags, 'H', 1, true) then redis.call('DEL', h) end
-    if m > 0 then
-      redis.call('HSET', h, unpack(ARGV, v, v + 2 * m - 1))
+    if #fields > 0 then
+      redis.call('HSET', h, unpack(fields))
     end
-    v = v + 2 * m
     if string.find(flags, 's', 1, true) then
       redis.call('DEL', h)
-      redis.call('SET', s, ARGV[v])
-      v = v + 1
+      redis.call('SET', s, c[5])
     end
     if string.find(flags, 'S', 1, true) then redis.call('DEL', s) end
     if string.find(flags, 'o', 1, true) then
-      redis.call('SET', o, ARGV[v])
+      redis.call('SET', o, c[6])
     elseif string.find(flags, 'O', 1, true) then
       redis.call('DEL', o)
     end
@@ -65,6 +60,5 @@ for i = 1, n do
   else
     out[i] = 0
   end
-  a = nextA
 end
 return out
