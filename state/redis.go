@@ -150,10 +150,10 @@ func optional(c *redis.StringCmd) ([]byte, error) {
 	return b, err
 }
 
-// commitArgs appends the keys of one commit and its entry in the chunk's
-// MessagePack argument: [expect, seq, flags, [field, value, ...], state, outbox]
-// (see commit.lua).
-func (r *Redis) commitArgs(keys []string, b []byte, c Commit) ([]string, []byte, error) {
+// commitArgs appends the keys of one commit, its entry in the chunk's
+// MessagePack argument ([expect, seq, flags, [field, value, ...], state]) and
+// its outbox argument (see commit.lua).
+func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([]string, []byte, []any, error) {
 	st := stored(c)
 	id := c.Agent.ID
 	keys = append(keys, r.keys.Agent(id), r.keys.State(id), r.keys.Outbox(id))
@@ -177,7 +177,7 @@ func (r *Redis) commitArgs(keys []string, b []byte, c Commit) ([]string, []byte,
 	} else {
 		j, err := json.Marshal(st)
 		if err != nil {
-			return nil, nil, fmt.Errorf("commit %s: encode state: %w", id, err)
+			return nil, nil, nil, fmt.Errorf("commit %s: encode state: %w", id, err)
 		}
 		stateJSON = j
 		flags = append(flags, 's')
@@ -188,7 +188,7 @@ func (r *Redis) commitArgs(keys []string, b []byte, c Commit) ([]string, []byte,
 	} else if c.DropOutbox || c.Restore || c.Removed {
 		flags = append(flags, 'O')
 	}
-	b = mpArray(b, 6)
+	b = mpArray(b, 5)
 	b = mpUint(b, c.Expect)
 	b = mpUint(b, st.AppliedSeq)
 	b = mpBytes(b, flags)
@@ -202,8 +202,15 @@ func (r *Redis) commitArgs(keys []string, b []byte, c Commit) ([]string, []byte,
 	}
 	binary.BigEndian.PutUint16(b[head+1:], uint16(2*m))
 	b = mpBytes(b, stateJSON)
-	b = mpBytes(b, outbox)
-	return keys, b, nil
+	// The outbox, the largest value, goes as an argument of its own: Lua hashes
+	// every byte of every string it makes, and one inside the MessagePack
+	// would be hashed twice.
+	if outbox == nil {
+		outboxes = append(outboxes, "")
+	} else {
+		outboxes = append(outboxes, outbox)
+	}
+	return keys, b, outboxes, nil
 }
 
 // Commit implements Store: the commits go out in scripts of up to CommitChunk
@@ -219,15 +226,17 @@ func (r *Redis) Commit(ctx context.Context, p int, commits []Commit, index []Ind
 	for start := 0; start < len(commits); start += r.chunk {
 		end := min(start+r.chunk, len(commits))
 		keys := make([]string, 0, 3*(end-start))
-		b := make([]byte, 0, 1024*(end-start))
+		b := make([]byte, 0, 256*(end-start))
 		b = mpArray(b, end-start)
+		args := make([]any, 1, 1+end-start)
 		for _, c := range commits[start:end] {
 			var err error
-			if keys, b, err = r.commitArgs(keys, b, c); err != nil {
+			if keys, b, args, err = r.commitArgs(keys, b, args, c); err != nil {
 				return nil, err
 			}
 		}
-		calls = append(calls, scriptCall{keys: keys, args: []any{b}, n: end - start})
+		args[0] = b
+		calls = append(calls, scriptCall{keys: keys, args: args, n: end - start})
 	}
 	cmds, err := r.runScripts(ctx, commitScript, calls, func(pl redis.Pipeliner) { r.queueIndex(ctx, pl, p, index) })
 	if err != nil {

@@ -8,7 +8,7 @@
 --   <prefix>:outbox:{<id>}  STRING, its last commit's status changes and dedupe entries
 --
 -- ARGV[1]: MessagePack, an array with one entry per agent, in KEYS order:
---   [expect, seq, flags, fields, state, outbox]
+--   [expect, seq, flags, fields, state]
 --   expect  the applied sequence the store must hold (0: none)
 --   seq     the applied sequence of the new state
 --   flags   any of:
@@ -21,7 +21,7 @@
 --           O  delete the outbox
 --   fields  hash field, value, field, value, ... (strings)
 --   state   the state key's value, or '' without s
---   outbox  the outbox's value, or '' without o
+-- ARGV[1+i]: agent i's outbox, or '' without o
 --
 -- Returns one 1 (applied) or 0 (stored sequence not as expected: nothing written)
 -- per agent. Sequences stay below 2^53, so Lua numbers compare them exactly.
@@ -52,7 +52,7 @@ for i = 1, #commits do
     end
     if string.find(flags, 'S', 1, true) then redis.call('DEL', s) end
     if string.find(flags, 'o', 1, true) then
-      redis.call('SET', o, c[6])
+      redis.call('SET', o, ARGV[1 + i])
     elseif string.find(flags, 'O', 1, true) then
       redis.call('DEL', o)
     end
