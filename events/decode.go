@@ -145,7 +145,7 @@ func (r binaryReader) SetAttribute(attr spec.Attribute, value interface{}) error
 	case spec.ID:
 		e.id = v
 	case spec.Source:
-		if _, err := url.Parse(v); err != nil {
+		if err := checkURIRef(v); err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		e.source = v
@@ -455,4 +455,19 @@ func isLowerHex(s string) bool {
 
 func allZero(s string) bool {
 	return strings.Trim(s, "0") == ""
+}
+
+// checkURIRef reports whether url.Parse accepts s, without parsing the common
+// case: a source made only of letters, digits and - . _ ~ / has no scheme,
+// escape, port or host character url.Parse could refuse, and sources repeat on
+// every event.
+func checkURIRef(s string) error {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+			_, err := url.Parse(s)
+			return err
+		}
+	}
+	return nil
 }

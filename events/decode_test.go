@@ -2,6 +2,7 @@ package events
 
 import (
 	"maps"
+	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -568,6 +569,17 @@ func TestValidIDs(t *testing.T) {
 	for id, want := range session {
 		if got := ValidSessionID(id); got != want {
 			t.Errorf("ValidSessionID(%q) = %v", id, got)
+		}
+	}
+}
+
+// TestCheckURIRef: the fast path agrees with url.Parse on what it accepts.
+func TestCheckURIRef(t *testing.T) {
+	for _, s := range []string{"", "bench", "/agents/desktop", "//host/x", "a.b-c_d~e", "urn:x", "https://x/y?z=1",
+		"%zz", "1http://x", "http://[::1", "a b", "http://x:port/", "\x7f", "//ho st"} {
+		_, want := url.Parse(s)
+		if got := checkURIRef(s); (got == nil) != (want == nil) {
+			t.Errorf("%q: checkURIRef %v, url.Parse %v", s, got, want)
 		}
 	}
 }
