@@ -327,51 +327,177 @@ func DecodeSeen(b []byte) ([]Seen, error) {
 	return out, nil
 }
 
-// An outbox is stored as 'o', the uvarint length of the dedupe entries, the
-// entries (EncodeSeen), then the status changes as a JSON array of Outgoing.
-// It is written with every change, so it is written by hand; strconv quoting
-// is JSON quoting for the printable ASCII of status ids (hex) and traceparents
-// (validated W3C values).
-const outboxMagic = 'o'
+// An outbox is stored as 'p', the uvarint length of the dedupe entries, the
+// entries (EncodeSeen), then the uvarint count of status changes and each one's
+// fields in a fixed order (outgoingFields), strings as uvarint length and bytes.
+// It is written with every change and Redis's Lua hashes every byte of every
+// string it handles, so it carries no field names. Outboxes written as 'o'
+// (the entries, then the changes as a JSON array of Outgoing) are still read.
+const (
+	outboxMagic     = 'p'
+	outboxMagicJSON = 'o'
+)
 
 func encodeOutbox(out []Outgoing, seen []Seen) []byte {
 	if len(out) == 0 && len(seen) == 0 {
 		return nil
 	}
-	b := make([]byte, 0, 600*len(out)+24*len(seen)+16)
+	b := make([]byte, 0, 200*len(out)+24*len(seen)+16)
 	b = append(b, outboxMagic)
 	b = binary.AppendUvarint(b, uint64(24*len(seen)))
 	for _, e := range seen {
 		b = appendSeen(b, e)
 	}
-	b = append(b, '[')
+	b = binary.AppendUvarint(b, uint64(len(out)))
 	for i := range out {
-		o := &out[i]
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `{"id":`...)
-		b = strconv.AppendQuote(b, o.ID)
-		b = append(b, `,"status":`...)
-		if o.Data != nil {
-			b = append(b, o.Data...)
-		} else {
-			b = append(b, events.MarshalStatus(&o.Status)...)
-		}
-		if o.TraceParent != "" {
-			b = append(b, `,"traceparent":`...)
-			b = strconv.AppendQuote(b, o.TraceParent)
-		}
-		b = append(b, '}')
+		b = appendOutgoing(b, &out[i])
 	}
-	return append(b, ']')
+	return b
+}
+
+func appendStr(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// appendTime writes 0 for the zero time, else 1, the unix seconds and the
+// nanoseconds: any time.Time in UTC comes back equal.
+func appendTime(b []byte, t time.Time) []byte {
+	if t.IsZero() {
+		return append(b, 0)
+	}
+	b = binary.AppendVarint(append(b, 1), t.Unix())
+	return binary.AppendUvarint(b, uint64(t.Nanosecond()))
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// appendOutgoing writes every field of o; TestOutboxCoversStatus fails when
+// events.StatusChanged gains one this does not write.
+func appendOutgoing(b []byte, o *Outgoing) []byte {
+	st := &o.Status
+	b = appendStr(b, o.ID)
+	b = appendStr(b, o.TraceParent)
+	b = appendStr(b, st.AgentID)
+	b = appendStr(b, st.PresenceID)
+	b = appendStr(b, st.Name)
+	b = appendStr(b, st.Text)
+	b = appendStr(b, string(st.BaseStatus))
+	b = appendBool(b, st.SignedIn)
+	b = appendTime(b, st.Since)
+	b = appendStr(b, string(st.Reason))
+	b = appendStr(b, st.Actor)
+	b = appendBool(b, st.Previous != nil)
+	if p := st.Previous; p != nil {
+		b = appendStr(b, p.PresenceID)
+		b = appendStr(b, string(p.BaseStatus))
+		b = appendTime(b, p.Since)
+	}
+	b = appendStr(b, st.Cause.ID)
+	b = appendStr(b, st.Cause.Source)
+	b = appendStr(b, string(st.Cause.Type))
+	return binary.AppendUvarint(b, st.Version)
+}
+
+// outboxReader reads what appendOutgoing wrote; the first problem sticks.
+type outboxReader struct {
+	b   []byte
+	err error
+}
+
+func (r *outboxReader) fail(what string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("decode outbox: truncated or bad %s", what)
+	}
+}
+
+func (r *outboxReader) uvarint(what string) uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail(what)
+		r.b = nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *outboxReader) str(what string) string {
+	n := r.uvarint(what)
+	if n > uint64(len(r.b)) {
+		r.fail(what)
+		r.b = nil
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+func (r *outboxReader) bool(what string) bool {
+	if len(r.b) == 0 || r.b[0] > 1 {
+		r.fail(what)
+		r.b = nil
+		return false
+	}
+	v := r.b[0] == 1
+	r.b = r.b[1:]
+	return v
+}
+
+func (r *outboxReader) time(what string) time.Time {
+	if !r.bool(what) {
+		return time.Time{}
+	}
+	sec, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.fail(what)
+		r.b = nil
+		return time.Time{}
+	}
+	r.b = r.b[n:]
+	nsec := r.uvarint(what)
+	if nsec >= 1e9 {
+		r.fail(what)
+	}
+	return time.Unix(sec, int64(nsec)).UTC()
+}
+
+func (r *outboxReader) outgoing() Outgoing {
+	var o Outgoing
+	st := &o.Status
+	o.ID = r.str("id")
+	o.TraceParent = r.str("traceparent")
+	st.AgentID = r.str("agentId")
+	st.PresenceID = r.str("presenceId")
+	st.Name = r.str("name")
+	st.Text = r.str("text")
+	st.BaseStatus = events.BaseStatus(r.str("baseStatus"))
+	st.SignedIn = r.bool("signedIn")
+	st.Since = r.time("since")
+	st.Reason = events.Reason(r.str("reason"))
+	st.Actor = r.str("actor")
+	if r.bool("previous") {
+		st.Previous = &events.Previous{PresenceID: r.str("previous presenceId"),
+			BaseStatus: events.BaseStatus(r.str("previous baseStatus")), Since: r.time("previous since")}
+	}
+	st.Cause.ID = r.str("cause id")
+	st.Cause.Source = r.str("cause source")
+	st.Cause.Type = events.Type(r.str("cause type"))
+	st.Version = r.uvarint("version")
+	st.TraceParent = o.TraceParent
+	return o
 }
 
 func decodeOutbox(b []byte) ([]Outgoing, []Seen, error) {
 	if len(b) == 0 {
 		return nil, nil, nil
 	}
-	if b[0] != outboxMagic {
+	if b[0] != outboxMagic && b[0] != outboxMagicJSON {
 		return nil, nil, fmt.Errorf("decode outbox: unknown format %q", b[0])
 	}
 	n, k := binary.Uvarint(b[1:])
@@ -383,12 +509,30 @@ func decodeOutbox(b []byte) ([]Outgoing, []Seen, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("decode outbox: %w", err)
 	}
+	rest = rest[n:]
 	var out []Outgoing
-	if err := json.Unmarshal(rest[n:], &out); err != nil {
-		return nil, nil, fmt.Errorf("decode outbox: %w", err)
+	if b[0] == outboxMagicJSON {
+		if err := json.Unmarshal(rest, &out); err != nil {
+			return nil, nil, fmt.Errorf("decode outbox: %w", err)
+		}
+		for i := range out {
+			out[i].Status.TraceParent = out[i].TraceParent
+		}
+		return out, seen, nil
 	}
-	for i := range out {
-		out[i].Status.TraceParent = out[i].TraceParent
+	r := outboxReader{b: rest}
+	count := r.uvarint("count")
+	if count > uint64(len(rest)) { // every change takes more than a byte
+		return nil, nil, fmt.Errorf("decode outbox: %d changes in %d bytes", count, len(rest))
+	}
+	for i := uint64(0); i < count && r.err == nil; i++ {
+		out = append(out, r.outgoing())
+	}
+	if r.err == nil && len(r.b) > 0 {
+		r.err = fmt.Errorf("decode outbox: %d bytes after the last change", len(r.b))
+	}
+	if r.err != nil {
+		return nil, nil, r.err
 	}
 	return out, seen, nil
 }

@@ -1,6 +1,8 @@
 package state
 
 import (
+	"encoding/binary"
+	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
@@ -79,5 +81,86 @@ func TestChangedFields(t *testing.T) {
 	}
 	if got := changedFields(t, a, a); len(got) != 0 {
 		t.Fatalf("no change wrote %q", got)
+	}
+}
+
+func sampleOutbox() ([]Outgoing, []Seen) {
+	at := time.Date(2026, 12, 2, 18, 30, 1, 123456789, time.UTC)
+	tp := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	out := []Outgoing{{
+		ID: "status-a-7", TraceParent: tp,
+		Status: events.StatusChanged{AgentID: "a", PresenceID: "training", Name: "Away – in training", Text: "In training",
+			BaseStatus: events.Away, SignedIn: true, Since: at, Reason: events.ReasonManual, Actor: "supervisor-1",
+			Previous: &events.Previous{PresenceID: "available", BaseStatus: events.Available, Since: at.Add(-time.Hour)},
+			Cause:    events.Cause{ID: "ev-9", Source: "https://desk.example/agents", Type: events.AgentPresenceSet},
+			Version:  7, TraceParent: tp},
+	}, {
+		ID:     "status-a-8",
+		Status: events.StatusChanged{AgentID: "a", PresenceID: "offline", BaseStatus: events.Offline, Since: time.Unix(-5, 7).UTC(), Version: 1 << 52},
+	}}
+	return out, []Seen{{Key: DedupeKey("desk", "ev-9"), At: at}}
+}
+
+// TestOutboxRoundTrip: the compact outbox gives back every field, and an
+// outbox in the earlier JSON form is still read.
+func TestOutboxRoundTrip(t *testing.T) {
+	out, seen := sampleOutbox()
+	b := encodeOutbox(out, seen)
+	gotOut, gotSeen, err := decodeOutbox(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(gotOut, out) || !reflect.DeepEqual(gotSeen, seen) {
+		t.Fatalf("round trip\n got %+v %+v\nwant %+v %+v", gotOut, gotSeen, out, seen)
+	}
+	if _, s, err := decodeOutbox(encodeOutbox(nil, seen)); err != nil || !reflect.DeepEqual(s, seen) {
+		t.Fatalf("dedupe entries only: %v %v", s, err)
+	}
+
+	// The JSON form: 'o', the entries, then the changes as JSON.
+	j, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := append([]byte{'o'}, binary.AppendUvarint(nil, 24)...)
+	old = append(append(old, EncodeSeen(seen)...), j...)
+	gotOut, gotSeen, err = decodeOutbox(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(gotOut, out) || !reflect.DeepEqual(gotSeen, seen) {
+		t.Fatalf("JSON form\n got %+v\nwant %+v", gotOut, out)
+	}
+}
+
+// TestOutboxBroken: every truncation and a trailing byte are errors, not
+// panics or short outboxes.
+func TestOutboxBroken(t *testing.T) {
+	out, seen := sampleOutbox()
+	b := encodeOutbox(out, seen)
+	for n := 1; n < len(b); n++ {
+		if _, _, err := decodeOutbox(b[:n]); err == nil {
+			t.Fatalf("outbox cut to %d of %d bytes accepted", n, len(b))
+		}
+	}
+	if _, _, err := decodeOutbox(append(b, 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+	if _, _, err := decodeOutbox([]byte("x")); err == nil {
+		t.Fatal("unknown format accepted")
+	}
+}
+
+// TestOutboxCoversStatus: appendOutgoing writes every field of a status
+// change; one added to events.StatusChanged must be added there too.
+func TestOutboxCoversStatus(t *testing.T) {
+	if n := reflect.TypeOf(events.StatusChanged{}).NumField(); n != 13 {
+		t.Fatalf("events.StatusChanged has %d fields; appendOutgoing and outboxReader.outgoing write 13", n)
+	}
+	if n := reflect.TypeOf(events.Previous{}).NumField(); n != 3 {
+		t.Fatalf("events.Previous has %d fields; the outbox writes 3", n)
+	}
+	if n := reflect.TypeOf(events.Cause{}).NumField(); n != 3 {
+		t.Fatalf("events.Cause has %d fields; the outbox writes 3", n)
 	}
 }
