@@ -136,56 +136,36 @@ func packWorker(a handlers.Agent) string { return string(appendWorker(nil, a)) }
 
 // appendWorker appends the worker field of a to b.
 func appendWorker(b []byte, a handlers.Agent) []byte {
-	// Parts are written with their separator in front, and the separators of
-	// trailing empty parts are cut off at the end.
 	head := len(b)
-	end := head // end of the last part that is not empty
-	part := func(i int, write func([]byte) []byte) {
-		if i > 0 {
-			b = append(b, '|')
-		}
-		before := len(b)
-		b = write(b)
-		if len(b) > before {
-			end = len(b)
-		}
+	b = append(b, originCodes[a.Origin]...)
+	b = append(append(b, '|'), a.Reason...)
+	b = append(append(b, '|'), a.Actor...)
+	b = append(b, '|')
+	if c := a.Capacity; c != nil {
+		b = strconv.AppendInt(b, int64(c.Used), 10)
+		b = strconv.AppendInt(append(b, '/'), int64(c.Total), 10)
 	}
-	part(0, func(b []byte) []byte { return append(b, originCodes[a.Origin]...) })
-	part(1, func(b []byte) []byte { return append(b, a.Reason...) })
-	part(2, func(b []byte) []byte { return append(b, a.Actor...) })
-	part(3, func(b []byte) []byte {
-		if c := a.Capacity; c != nil {
-			b = strconv.AppendInt(b, int64(c.Used), 10)
-			b = append(b, '/')
-			b = strconv.AppendInt(b, int64(c.Total), 10)
+	b = append(append(b, '|'), a.DefaultPresenceID...)
+	b = append(b, '|')
+	for i, s := range a.Sessions {
+		if i > 0 {
+			b = append(b, ',')
 		}
-		return b
-	})
-	part(4, func(b []byte) []byte { return append(b, a.DefaultPresenceID...) })
-	part(5, func(b []byte) []byte {
-		for i, s := range a.Sessions {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, s.ID...)
-			b = append(b, '@')
-			b = strconv.AppendInt(b, nanos(s.Deadline), 10)
-		}
-		return b
-	})
-	part(6, func(b []byte) []byte {
-		if h := a.Held; h != nil {
-			b = append(b, h.PresenceID...)
-			b = append(b, '/')
-			b = append(b, h.BaseStatus...)
-			b = append(b, '/')
-			b = append(b, originCodes[h.Origin]...)
-			b = append(b, '/')
-			b = strconv.AppendInt(b, nanos(h.ExpiredAt), 10)
-		}
-		return b
-	})
-	return b[:end]
+		b = strconv.AppendInt(append(append(b, s.ID...), '@'), nanos(s.Deadline), 10)
+	}
+	b = append(b, '|')
+	if h := a.Held; h != nil {
+		b = append(append(b, h.PresenceID...), '/')
+		b = append(append(b, h.BaseStatus...), '/')
+		b = append(append(b, originCodes[h.Origin]...), '/')
+		b = strconv.AppendInt(b, nanos(h.ExpiredAt), 10)
+	}
+	// No part holds a separator, so cutting the trailing ones leaves out
+	// exactly the trailing empty parts.
+	for len(b) > head && b[len(b)-1] == '|' {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 func nanos(t time.Time) int64 {
@@ -329,7 +309,7 @@ func DecodeSeen(b []byte) ([]Seen, error) {
 
 // An outbox is stored as 'p', the uvarint length of the dedupe entries, the
 // entries (EncodeSeen), then the uvarint count of status changes and each one's
-// fields in a fixed order (outgoingFields), strings as uvarint length and bytes.
+// fields in a fixed order (appendOutgoing), strings as uvarint length and bytes.
 // It is written with every change and Redis's Lua hashes every byte of every
 // string it handles, so it carries no field names. Outboxes written as 'o'
 // (the entries, then the changes as a JSON array of Outgoing) are still read.

@@ -164,3 +164,29 @@ func TestOutboxCoversStatus(t *testing.T) {
 		t.Fatalf("events.Cause has %d fields; the outbox writes 3", n)
 	}
 }
+
+// TestPackWorker: the worker field keeps the stored format, inner empty parts
+// included and trailing ones left out.
+func TestPackWorker(t *testing.T) {
+	at := time.Unix(0, 42).UTC()
+	for _, c := range []struct {
+		a    handlers.Agent
+		want string
+	}{
+		{handlers.Agent{}, ""},
+		{handlers.Agent{Origin: handlers.OriginManual}, "m"},
+		{handlers.Agent{Actor: "agent"}, "||agent"},
+		{handlers.Agent{Origin: handlers.OriginSystem, Sessions: []handlers.Session{{ID: "desk", Deadline: at}, {ID: "phone"}}}, "s|||||desk@42,phone@0"},
+		{handlers.Agent{Reason: events.ReasonLogin, Capacity: &handlers.Capacity{Used: 1, Total: 2}, DefaultPresenceID: "busy",
+			Held: &handlers.Held{PresenceID: "away", BaseStatus: events.Away, Origin: handlers.OriginCapacity, ExpiredAt: at}},
+			"|login||1/2|busy||away/away/c/42"},
+	} {
+		if got := packWorker(c.a); got != c.want {
+			t.Errorf("packWorker(%+v) = %q, want %q", c.a, got, c.want)
+		}
+		a := handlers.Agent{}
+		if err := unpackWorker(&a, c.want); err != nil {
+			t.Errorf("unpack %q: %v", c.want, err)
+		}
+	}
+}

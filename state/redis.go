@@ -173,7 +173,6 @@ func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([
 				flags = append(flags, 'S') // a state key may be left from before the first status
 			}
 		}
-		flags = append(flags, 'h')
 	} else {
 		j, err := json.Marshal(st)
 		if err != nil {

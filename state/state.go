@@ -26,8 +26,8 @@ type Outgoing struct {
 	// TraceParent of the cause, carried onto the published event (Status.TraceParent
 	// has no JSON name; stores fill it from this field on Load).
 	TraceParent string `json:"traceparent,omitempty"`
-	// Data, when set, is events.MarshalStatus(&Status), marshalled once for the
-	// outbox and the published event.
+	// Data, when set, is events.MarshalStatus(&Status), marshalled once when the
+	// change is made and published as it is (the outbox stores the fields).
 	Data []byte `json:"-"`
 }
 

@@ -14,12 +14,11 @@
 --   flags   any of:
 --           r  restore: apply if the stored sequence is lower, whatever expect says
 --           H  delete the hash before writing it (a full rewrite)
---           h  write the hash fields
 --           s  write the state key (state), delete the hash
 --           S  delete the state key
 --           o  set the outbox (outbox)
 --           O  delete the outbox
---   fields  hash field, value, field, value, ... (strings)
+--   fields  hash field, value, field, value, ... (strings) to write
 --   state   the state key's value, or '' without s
 -- ARGV[1+i]: agent i's outbox, or '' without o
 --
