@@ -194,9 +194,12 @@ type result struct {
 	cpuWorker, cpuNATS time.Duration
 	cpuRedis           time.Duration
 	p50, p99           time.Duration
-	redisPerAgent      float64 // presenced only: Redis bytes per agent after the run
-	redisIdlePerAgent  float64 // presenced only: the same once the dedupe window passed
-	redisKeys          []keyKind
+	// bySecond holds, live, the p50 and p99 of the events published in each
+	// second of the run: whether the latency is a start-up transient or steady.
+	bySecond          [][2]time.Duration
+	redisPerAgent     float64 // presenced only: Redis bytes per agent after the run
+	redisIdlePerAgent float64 // presenced only: the same once the dedupe window passed
+	redisKeys         []keyKind
 }
 
 func (r result) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
@@ -218,6 +221,16 @@ func printTable(out io.Writer, o options, rs []result) {
 		}
 	}
 	_ = tw.Flush()
+	if o.rate > 0 {
+		fmt.Fprintln(out, "\np50/p99 ms of the events published in each second of the run:")
+		for _, r := range rs {
+			fmt.Fprintf(out, "  %-20s %d:", modeTitles[r.mode], r.round)
+			for _, q := range r.bySecond {
+				fmt.Fprintf(out, " %.0f/%.0f", ms(q[0]), ms(q[1]))
+			}
+			fmt.Fprintln(out)
+		}
+	}
 	ratio := func(a, b string) {
 		ra, oka := best[a]
 		rb, okb := best[b]
@@ -590,6 +603,7 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	var lat []time.Duration
+	var perSecond [][]time.Duration
 	for _, o := range outs {
 		cause := o.msg.Header.Get("Bench-Cause")
 		if cause == "" {
@@ -610,8 +624,21 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 				continue
 			}
 			t0 = t
+			sec := int(t0.Sub(start) / time.Second)
+			for len(perSecond) <= sec {
+				perSecond = append(perSecond, nil)
+			}
+			perSecond[sec] = append(perSecond[sec], o.at.Sub(t0))
 		}
 		lat = append(lat, o.at.Sub(t0))
+	}
+	for _, l := range perSecond {
+		slices.Sort(l)
+		var q [2]time.Duration
+		if len(l) > 0 {
+			q = [2]time.Duration{l[len(l)/2], l[len(l)*99/100]}
+		}
+		r.bySecond = append(r.bySecond, q)
 	}
 	slices.Sort(lat)
 	if len(lat) > 0 {
