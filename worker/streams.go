@@ -49,6 +49,12 @@ func streamConfigs(cfg Config, names Names) []jetstream.StreamConfig {
 			Destination: fmt.Sprintf("%s.in.{{wildcard(1)}}.{{partition(%d,2)}}.{{wildcard(2)}}", p, cfg.Partitions),
 		},
 		Metadata: map[string]string{partitionsMetadata: strconv.Itoa(cfg.Partitions)},
+		// Every batch looks up the configuration events stored before its last
+		// message. A direct get is answered inline by the server, where the API
+		// goes through a queue of a few goroutines. With replicas a lagging
+		// follower may answer a direct get and miss a configuration event, so it
+		// is enabled only where the leader is the only copy.
+		AllowDirect: cfg.StreamReplicas == 1,
 	}
 	return []jetstream.StreamConfig{in, {
 		Name:              names.StatusStream(),
@@ -131,7 +137,7 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 	perSubject := have.MaxMsgsPerSubject == want.MaxMsgsPerSubject || (have.MaxMsgsPerSubject <= 0 && want.MaxMsgsPerSubject <= 0)
 	return slices.Equal(have.Subjects, want.Subjects) && have.MaxAge == want.MaxAge &&
 		perSubject && have.Duplicates == want.Duplicates &&
-		have.Replicas == want.Replicas && reflect.DeepEqual(have.SubjectTransform, want.SubjectTransform)
+		have.Replicas == want.Replicas && have.AllowDirect == want.AllowDirect && reflect.DeepEqual(have.SubjectTransform, want.SubjectTransform)
 }
 
 // logicalSubject turns a stored input subject back into the one it was published

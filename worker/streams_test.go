@@ -42,3 +42,37 @@ func TestStreamsUnchangedOnRestart(t *testing.T) {
 		t.Fatalf("changing the partition count: %v", err)
 	}
 }
+
+// TestInputStreamDirectGet: the input stream allows direct gets (the per-batch
+// configuration lookup), also once it was created without them, and only with one
+// replica, where no lagging follower can answer one.
+func TestInputStreamDirectGet(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	js, err := jetstream.New(n.Conn(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := Config{Partitions: 4}.withDefaults()
+	names := NamesFor("presence")
+	ctx := context.Background()
+	old := streamConfigs(cfg, names)[0]
+	old.AllowDirect = false
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ensureStreams(ctx, js, cfg, names); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, names.InputStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.CachedInfo().Config.AllowDirect {
+		t.Error("input stream created without direct gets was not updated to allow them")
+	}
+	cfg.StreamReplicas = 3
+	if streamConfigs(cfg, names)[0].AllowDirect {
+		t.Error("direct gets allowed on a replicated input stream")
+	}
+}
