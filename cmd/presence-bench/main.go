@@ -170,8 +170,12 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 			fmt.Fprintf(out, "Redis memory right after presenced run %d: %.0f bytes per agent (INFO used_memory − used_memory_startup, over %d agents, dedupe keys still inside their window)\n", r.round, r.redisPerAgent, o.agents)
 			if r.redisIdlePerAgent > 0 {
 				fmt.Fprintf(out, "Redis memory once the %s dedupe window had passed: %.0f bytes per idle agent (%d agents)\n", o.dedupeWindow, r.redisIdlePerAgent, o.agents)
+				fmt.Fprintf(out, "  of which the agents added %.0f bytes each (used_memory less client buffers, after the run less before it)\n", r.redisIdleAdded)
 				for _, k := range r.redisKeys {
 					fmt.Fprintf(out, "  %-10s %7d keys  %9d bytes (MEMORY USAGE)  %6.0f bytes per agent\n", k.kind, k.keys, k.bytes, float64(k.bytes)/float64(o.agents))
+				}
+				if r.redisKeyTable > 0 {
+					fmt.Fprintf(out, "  key table  %24d bytes (MEMORY STATS)          %6.0f bytes per agent\n", r.redisKeyTable, float64(r.redisKeyTable)/float64(o.agents))
 				}
 			}
 		}
@@ -199,7 +203,11 @@ type result struct {
 	bySecond          [][2]time.Duration
 	redisPerAgent     float64 // presenced only: Redis bytes per agent after the run
 	redisIdlePerAgent float64 // presenced only: the same once the dedupe window passed
-	redisKeys         []keyKind
+	// redisIdleAdded is, once the window passed, the data memory the agents
+	// added per agent (redisData after the run less before it).
+	redisIdleAdded float64
+	redisKeyTable  int64 // the key table's own memory then (MEMORY STATS)
+	redisKeys      []keyKind
 }
 
 func (r result) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
@@ -543,6 +551,7 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 			return r, err
 		}
 	}
+	dataBefore, _ := b.redisData(ctx)
 	before := b.cpu(children)
 	start := time.Now()
 	for _, stdin := range stdins {
@@ -591,7 +600,11 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 			case <-time.After(b.o.dedupeWindow + 2*time.Second): // the window itself is what is measured
 			}
 			r.redisIdlePerAgent, _ = b.redisBytesPerAgent(ctx)
+			if data, err := b.redisData(ctx); err == nil {
+				r.redisIdleAdded = (data - dataBefore) / float64(b.o.agents)
+			}
 			r.redisKeys, _ = b.redisKeyKinds(ctx)
+			r.redisKeyTable = b.redisKeyTable(ctx)
 		}
 	}
 	r.events, r.elapsed = n, end.Sub(start)
@@ -739,6 +752,33 @@ func (b *bench) redisBytesPerAgent(ctx context.Context) (float64, error) {
 	used, _ := strconv.ParseFloat(info["Memory"]["used_memory"], 64)
 	empty, _ := strconv.ParseFloat(info["Memory"]["used_memory_startup"], 64)
 	return (used - empty) / float64(b.o.agents), nil
+}
+
+// redisData is Redis's used memory less its clients' buffers: measured before a
+// run and after it, the difference is what the agents added, without what grows
+// with the number of connections (each holds a 16 KiB reply buffer) or was there
+// before the first agent (scripts, partition records).
+func (b *bench) redisData(ctx context.Context) (float64, error) {
+	info, err := b.rc.InfoMap(ctx, "memory").Result()
+	if err != nil {
+		return 0, err
+	}
+	used, _ := strconv.ParseFloat(info["Memory"]["used_memory"], 64)
+	clients, _ := strconv.ParseFloat(info["Memory"]["mem_clients_normal"], 64)
+	return used - clients, nil
+}
+
+// redisKeyTable is the memory of the key table itself (its buckets and entries),
+// which MEMORY USAGE of each key leaves out; 0 when unknown.
+func (b *bench) redisKeyTable(ctx context.Context) int64 {
+	st, err := b.rc.Do(ctx, "MEMORY", "STATS").Result()
+	if err != nil {
+		return 0
+	}
+	m, _ := st.(map[any]any)
+	db, _ := m["db.0"].(map[any]any)
+	n, _ := db["overhead.hashtable.main"].(int64)
+	return n
 }
 
 // keyKind sums the keys of one kind (the word after the prefix: agent, seen, ...).
