@@ -616,7 +616,7 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	var lat []time.Duration
-	var perSecond [][]time.Duration
+	var timed []timedLatency
 	for _, o := range outs {
 		cause := o.msg.Header.Get("Bench-Cause")
 		if cause == "" {
@@ -637,22 +637,11 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 				continue
 			}
 			t0 = t
-			sec := int(t0.Sub(start) / time.Second)
-			for len(perSecond) <= sec {
-				perSecond = append(perSecond, nil)
-			}
-			perSecond[sec] = append(perSecond[sec], o.at.Sub(t0))
+			timed = append(timed, timedLatency{t0.Sub(start), o.at.Sub(t0)})
 		}
 		lat = append(lat, o.at.Sub(t0))
 	}
-	for _, l := range perSecond {
-		slices.Sort(l)
-		var q [2]time.Duration
-		if len(l) > 0 {
-			q = [2]time.Duration{l[len(l)/2], l[len(l)*99/100]}
-		}
-		r.bySecond = append(r.bySecond, q)
-	}
+	r.bySecond = bySecond(timed)
 	slices.Sort(lat)
 	if len(lat) > 0 {
 		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
@@ -752,6 +741,31 @@ func (b *bench) redisBytesPerAgent(ctx context.Context) (float64, error) {
 	used, _ := strconv.ParseFloat(info["Memory"]["used_memory"], 64)
 	empty, _ := strconv.ParseFloat(info["Memory"]["used_memory_startup"], 64)
 	return (used - empty) / float64(b.o.agents), nil
+}
+
+// timedLatency is one output's latency and when, from the start of the run, its
+// input was published.
+type timedLatency struct{ sent, latency time.Duration }
+
+// bySecond returns the p50 and p99 latency of the inputs published in each second
+// of a run, in order; a second in which nothing was published has zeros.
+func bySecond(ls []timedLatency) [][2]time.Duration {
+	var per [][]time.Duration
+	for _, l := range ls {
+		sec := max(0, int(l.sent/time.Second))
+		for len(per) <= sec {
+			per = append(per, nil)
+		}
+		per[sec] = append(per[sec], l.latency)
+	}
+	out := make([][2]time.Duration, len(per))
+	for i, l := range per {
+		slices.Sort(l)
+		if len(l) > 0 {
+			out[i] = [2]time.Duration{l[len(l)/2], l[len(l)*99/100]}
+		}
+	}
+	return out
 }
 
 // redisData is Redis's used memory less its clients' buffers: measured before a

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBenchRuns runs the command on a tiny load: every side finishes, the
@@ -39,5 +40,28 @@ func TestBenchRuns(t *testing.T) {
 	}
 	if _, err := exec.Command(bin, "--modes", "warp").CombinedOutput(); err == nil {
 		t.Error("an unknown side was accepted")
+	}
+}
+
+func TestBySecond(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	var ls []timedLatency
+	// Second 0: 100 outputs of 1..100 ms; second 1: nothing; second 2: one of 7 ms.
+	for i := 100; i >= 1; i-- {
+		ls = append(ls, timedLatency{sent: ms(10 * i % 1000), latency: ms(i)})
+	}
+	ls = append(ls, timedLatency{sent: ms(2500), latency: ms(7)})
+	got := bySecond(ls)
+	want := [][2]time.Duration{{ms(51), ms(100)}, {0, 0}, {ms(7), ms(7)}}
+	if len(got) != len(want) {
+		t.Fatalf("got %d seconds, want %d: %v", len(got), len(want), got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("second %d: p50/p99 %v, want %v", i, got[i], want[i])
+		}
+	}
+	if got := bySecond(nil); len(got) != 0 {
+		t.Errorf("no outputs gave %v", got)
 	}
 }
