@@ -41,7 +41,38 @@ func (k Keys) Partition(p int) string { return k.Prefix + ":partition:{p" + strc
 // Config is the newest configuration any partition applied, JSON of handlers.Config.
 func (k Keys) Config() string { return k.Prefix + ":config" }
 
-// Leases is the ZSET of partition p's agents scored by earliest lease deadline (unix ms).
+// LeaseShards is how many ZSETs hold a partition's lease deadlines. A small
+// sorted set stays in Redis's compact listpack encoding (up to 128 entries by
+// default), about 20 bytes an entry against about 100 in the skiplist of a large
+// one; 64 shards keep that up to some 8 000 leased agents per partition, while
+// the expiry sweep still reads them all in one round trip.
+const LeaseShards = 64
+
+// LeaseShard is shard s of partition p's lease index: a ZSET of agents scored by
+// earliest lease deadline (unix ms). An agent's shard is LeaseShardOf its id.
+func (k Keys) LeaseShard(p, s int) string {
+	return k.Prefix + ":leases:{p" + strconv.Itoa(p) + "}:" + strconv.Itoa(s)
+}
+
+// LeaseShardOf returns the lease shard of an agent. Partitions are FNV-1a of
+// the id modulo their count, so the shard is that hash mixed (MurmurHash3's
+// finalizer): its low bits alone would put a partition's agents in a few shards.
+func LeaseShardOf(agentID string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(agentID); i++ {
+		h ^= uint32(agentID[i])
+		h *= 16777619
+	}
+	h ^= h >> 16
+	h *= 0x85ebca6b
+	h ^= h >> 13
+	h *= 0xc2b2ae35
+	h ^= h >> 16
+	return int(h % LeaseShards)
+}
+
+// Leases is partition p's lease index as one ZSET, as stored before the shards;
+// the Redis store moves what it finds there into the shards.
 func (k Keys) Leases(p int) string { return k.Prefix + ":leases:{p" + strconv.Itoa(p) + "}" }
 
 // Members is the SET of partition p's agents indexed under name (a custom

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/binary"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -255,9 +257,9 @@ func (r *Redis) Commit(ctx context.Context, p int, commits []Commit, index []Ind
 }
 
 func (r *Redis) queueIndex(ctx context.Context, pl redis.Pipeliner, p int, index []IndexEntry) {
-	leases := r.keys.Leases(p)
 	for _, e := range index {
 		if e.Lease {
+			leases := r.keys.LeaseShard(p, LeaseShardOf(e.AgentID))
 			if e.Deadline.IsZero() {
 				pl.ZRem(ctx, leases, e.AgentID)
 			} else {
@@ -495,8 +497,14 @@ func (r *Redis) SaveConfig(ctx context.Context, cfg handlers.Config) (bool, erro
 }
 
 // DueAgents implements Store. A limit <= 0 means no limit. Agents come in deadline
-// order, ties by id.
+// order, ties by id. It reads every lease shard of the partition in one pipeline,
+// with the single index of before the shards, whose entries it then moves into
+// the shards.
 func (r *Redis) DueAgents(ctx context.Context, p int, now time.Time, limit int) ([]string, error) {
+	return r.dueAgents(ctx, p, now, limit, false)
+}
+
+func (r *Redis) dueAgents(ctx context.Context, p int, now time.Time, limit int, moved bool) ([]string, error) {
 	if r.err != nil {
 		return nil, fmt.Errorf("due agents of partition %d: %w", p, r.err)
 	}
@@ -504,14 +512,68 @@ func (r *Redis) DueAgents(ctx context.Context, p int, now time.Time, limit int) 
 	if limit > 0 {
 		by.Count = int64(limit)
 	}
-	ids, err := r.client.ZRangeByScore(ctx, r.keys.Leases(p), by).Result()
+	shards := make([]*redis.ZSliceCmd, LeaseShards)
+	var legacy *redis.IntCmd
+	_, err := r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for s := range shards {
+			shards[s] = pl.ZRangeByScoreWithScores(ctx, r.keys.LeaseShard(p, s), by)
+		}
+		legacy = pl.Exists(ctx, r.keys.Leases(p))
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("due agents of partition %d: %w", p, err)
 	}
-	if len(ids) == 0 {
+	if legacy.Val() > 0 && !moved {
+		if err := r.moveLeases(ctx, p); err != nil {
+			return nil, err
+		}
+		return r.dueAgents(ctx, p, now, limit, true)
+	}
+	var due []redis.Z
+	for _, c := range shards {
+		due = append(due, c.Val()...)
+	}
+	if len(due) == 0 {
 		return nil, nil
 	}
+	slices.SortFunc(due, func(a, b redis.Z) int {
+		if c := cmp.Compare(a.Score, b.Score); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Member.(string), b.Member.(string))
+	})
+	if limit > 0 && len(due) > limit {
+		due = due[:limit]
+	}
+	ids := make([]string, len(due))
+	for i, z := range due {
+		ids[i] = z.Member.(string)
+	}
 	return ids, nil
+}
+
+// moveLeases moves partition p's lease index as stored before the shards into
+// the shards, in one transaction (the keys share the partition's hash slot).
+// Only the partition's owner writes its leases, so nothing changes the old index
+// between the read and the move.
+func (r *Redis) moveLeases(ctx context.Context, p int) error {
+	old := r.keys.Leases(p)
+	all, err := r.client.ZRangeWithScores(ctx, old, 0, -1).Result()
+	if err != nil {
+		return fmt.Errorf("read lease index of partition %d: %w", p, err)
+	}
+	_, err = r.client.TxPipelined(ctx, func(pl redis.Pipeliner) error {
+		for _, z := range all {
+			pl.ZAddNX(ctx, r.keys.LeaseShard(p, LeaseShardOf(z.Member.(string))), z)
+		}
+		pl.Del(ctx, old)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("move lease index of partition %d into shards: %w", p, err)
+	}
+	return nil
 }
 
 // AgentsIn implements Store. The ids come sorted.

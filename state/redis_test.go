@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"hash/fnv"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -209,9 +211,14 @@ func TestRedisKeysShareSlot(t *testing.T) {
 	equal(t, "keys of b-2", byTag["b-2"], []string{
 		"presence:agent:{b-2}", "presence:outbox:{b-2}", "presence:seen:{b-2}"})
 	equal(t, "keys of a tombstone", byTag["gone"], []string{"presence:state:{gone}"})
-	equal(t, "keys of partition 7", byTag["p7"], []string{
-		"presence:leases:{p7}", "presence:members:{p7}:default:busy", "presence:members:{p7}:training",
-		"presence:partition:{p7}"})
+	wantP7 := []string{"presence:members:{p7}:default:busy", "presence:members:{p7}:training", "presence:partition:{p7}"}
+	for _, id := range []string{"a1", "b-2"} {
+		if k := s.Keys().LeaseShard(7, state.LeaseShardOf(id)); !slices.Contains(wantP7, k) {
+			wantP7 = append(wantP7, k)
+		}
+	}
+	slices.Sort(wantP7)
+	equal(t, "keys of partition 7", byTag["p7"], wantP7)
 	equal(t, "config", byTag["presence:config"], []string{"presence:config"})
 	if len(byTag) != 5 {
 		t.Fatalf("unexpected keys: %v", keys)
@@ -224,7 +231,7 @@ func TestRedisKeysShareSlot(t *testing.T) {
 			t.Fatalf("key %q has hash tag %q", key, state.HashTag(key))
 		}
 	}
-	for _, key := range []string{k.Leases(12), k.Members(12, "a{b}"), k.Partition(12)} {
+	for _, key := range []string{k.Leases(12), k.LeaseShard(12, state.LeaseShards-1), k.Members(12, "a{b}"), k.Partition(12)} {
 		if state.HashTag(key) != "p12" {
 			t.Fatalf("key %q has hash tag %q", key, state.HashTag(key))
 		}
@@ -438,5 +445,78 @@ func TestRedisBadPrefix(t *testing.T) {
 	}
 	if _, err := s.Commit(t.Context(), 0, []state.Commit{{Agent: fullAgent("a", 1, 1)}}, nil); err == nil {
 		t.Fatal("Commit with a bad prefix succeeded")
+	}
+}
+
+// TestRedisLeaseShards: leases spread over the partition's shards, each small
+// enough for Redis's listpack encoding, and a lease index stored before the
+// shards is read and moved into them by the next sweep.
+func TestRedisLeaseShards(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	c := srv.Client(t)
+	ctx := t.Context()
+	s := newRedisStore(t, srv, "")
+	base := t0.Truncate(time.Millisecond)
+
+	// The agents of one partition out of 16 (worker.PartitionOf: FNV-1a modulo
+	// the count), as a partition's owner writes them.
+	partitionHash := func(id string) uint32 {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(id))
+		return h.Sum32()
+	}
+	var idx []state.IndexEntry
+	for i := 0; len(idx) < 1000; i++ {
+		if id := fmt.Sprintf("ag-%d", i); partitionHash(id)%16 == 3 {
+			idx = append(idx, state.IndexEntry{AgentID: id, Lease: true, Deadline: base.Add(time.Duration(len(idx)) * time.Millisecond)})
+		}
+	}
+	commitIn(t, s, 3, idx)
+	used := 0
+	for sh := range state.LeaseShards {
+		key := s.Keys().LeaseShard(3, sh)
+		n := c.ZCard(ctx, key).Val()
+		if n == 0 {
+			continue
+		}
+		used++
+		if enc := c.ObjectEncoding(ctx, key).Val(); enc != "listpack" {
+			t.Errorf("shard %s with %d entries is %s, not listpack", key, n, enc)
+		}
+	}
+	if used < state.LeaseShards*3/4 {
+		t.Errorf("a partition's 1000 leases landed in %d of %d shards", used, state.LeaseShards)
+	}
+	ids, err := s.DueAgents(ctx, 3, base.Add(999*time.Millisecond), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "earliest three across shards", ids, []string{idx[0].AgentID, idx[1].AgentID, idx[2].AgentID})
+
+	// An index as stored before the shards, with an agent also in a shard (its
+	// newer lease wins).
+	old := s.Keys().Leases(4)
+	if err := c.ZAdd(ctx, old, redis.Z{Score: float64(base.UnixMilli()), Member: "x"},
+		redis.Z{Score: float64(base.Add(time.Hour).UnixMilli()), Member: "y"},
+		redis.Z{Score: float64(base.UnixMilli()), Member: "z"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	commitIn(t, s, 4, []state.IndexEntry{{AgentID: "z", Lease: true, Deadline: base.Add(2 * time.Hour)}})
+	ids, err = s.DueAgents(ctx, 4, base, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "due from the old index", ids, []string{"x"})
+	if c.Exists(ctx, old).Val() != 0 {
+		t.Error("the old lease index is still there after a sweep")
+	}
+	ids, err = s.DueAgents(ctx, 4, base.Add(3*time.Hour), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "all, moved into shards", ids, []string{"x", "y", "z"})
+	if got := c.ZScore(ctx, s.Keys().LeaseShard(4, state.LeaseShardOf("z")), "z").Val(); got != float64(base.Add(2*time.Hour).UnixMilli()) {
+		t.Errorf("z's lease %v: the old index overwrote the newer one", got)
 	}
 }
