@@ -15,13 +15,7 @@ import (
 // stream update (nats-server races a stream update against consumer creation).
 func TestStreamsUnchangedOnRestart(t *testing.T) {
 	t.Parallel()
-	n := testenv.StartNATS(t)
-	js, err := jetstream.New(n.Conn(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := Config{Partitions: 4}.withDefaults()
-	names := NamesFor("presence")
+	js, cfg, names := streamsSetup(t)
 	ctx := context.Background()
 	if _, err := ensureStreams(ctx, js, cfg, names); err != nil {
 		t.Fatal(err)
@@ -37,7 +31,7 @@ func TestStreamsUnchangedOnRestart(t *testing.T) {
 	}
 
 	cfg.Partitions = 8
-	_, err = ensureStreams(ctx, js, cfg, names)
+	_, err := ensureStreams(ctx, js, cfg, names)
 	if err == nil || !strings.Contains(err.Error(), "--partitions 4") {
 		t.Fatalf("changing the partition count: %v", err)
 	}
@@ -48,13 +42,7 @@ func TestStreamsUnchangedOnRestart(t *testing.T) {
 // replica, where no lagging follower can answer one.
 func TestInputStreamDirectGet(t *testing.T) {
 	t.Parallel()
-	n := testenv.StartNATS(t)
-	js, err := jetstream.New(n.Conn(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := Config{Partitions: 4}.withDefaults()
-	names := NamesFor("presence")
+	js, cfg, names := streamsSetup(t)
 	ctx := context.Background()
 	old := streamConfigs(cfg, names)[0]
 	old.AllowDirect = false
@@ -75,4 +63,16 @@ func TestInputStreamDirectGet(t *testing.T) {
 	if streamConfigs(cfg, names)[0].AllowDirect {
 		t.Error("direct gets allowed on a replicated input stream")
 	}
+}
+
+// streamsSetup starts a NATS server and returns JetStream on it with a
+// four-partition configuration and the default names.
+func streamsSetup(t *testing.T) (jetstream.JetStream, Config, Names) {
+	n := testenv.StartNATS(t)
+	js, err := jetstream.New(n.Conn(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := Config{Partitions: 4}.withDefaults()
+	return js, cfg, NamesFor("presence")
 }

@@ -734,13 +734,24 @@ func procCPU(pid int) time.Duration {
 }
 
 func (b *bench) redisBytesPerAgent(ctx context.Context) (float64, error) {
-	info, err := b.rc.InfoMap(ctx, "memory").Result()
+	m, err := b.redisMemory(ctx, "used_memory", "used_memory_startup")
 	if err != nil {
 		return 0, err
 	}
-	used, _ := strconv.ParseFloat(info["Memory"]["used_memory"], 64)
-	empty, _ := strconv.ParseFloat(info["Memory"]["used_memory_startup"], 64)
-	return (used - empty) / float64(b.o.agents), nil
+	return (m[0] - m[1]) / float64(b.o.agents), nil
+}
+
+// redisMemory reads fields of Redis's INFO memory as numbers.
+func (b *bench) redisMemory(ctx context.Context, fields ...string) ([]float64, error) {
+	info, err := b.rc.InfoMap(ctx, "memory").Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float64, len(fields))
+	for i, f := range fields {
+		out[i], _ = strconv.ParseFloat(info["Memory"][f], 64)
+	}
+	return out, nil
 }
 
 // timedLatency is one output's latency and when, from the start of the run, its
@@ -773,13 +784,11 @@ func bySecond(ls []timedLatency) [][2]time.Duration {
 // with the number of connections (each holds a 16 KiB reply buffer) or was there
 // before the first agent (scripts, partition records).
 func (b *bench) redisData(ctx context.Context) (float64, error) {
-	info, err := b.rc.InfoMap(ctx, "memory").Result()
+	m, err := b.redisMemory(ctx, "used_memory", "mem_clients_normal")
 	if err != nil {
 		return 0, err
 	}
-	used, _ := strconv.ParseFloat(info["Memory"]["used_memory"], 64)
-	clients, _ := strconv.ParseFloat(info["Memory"]["mem_clients_normal"], 64)
-	return used - clients, nil
+	return m[0] - m[1], nil
 }
 
 // redisKeyTable is the memory of the key table itself (its buckets and entries),
