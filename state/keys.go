@@ -44,7 +44,8 @@ func (k Keys) Config() string { return k.Prefix + ":config" }
 // LeaseShards is how many ZSETs hold a partition's lease deadlines. A small
 // sorted set stays in Redis's compact listpack encoding (up to 128 entries by
 // default), about 20 bytes an entry against about 100 in the skiplist of a large
-// one; 64 shards keep that up to some 8 000 leased agents per partition, while
+// one; 64 shards keep that up to about 6 500 leased agents per partition (the
+// shards fill unevenly), while
 // the expiry sweep still reads them all in one round trip.
 const LeaseShards = 64
 

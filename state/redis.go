@@ -262,6 +262,10 @@ func (r *Redis) queueIndex(ctx context.Context, pl redis.Pipeliner, p int, index
 			leases := r.keys.LeaseShard(p, LeaseShardOf(e.AgentID))
 			if e.Deadline.IsZero() {
 				pl.ZRem(ctx, leases, e.AgentID)
+				// Also from the index of before the shards, until a sweep has moved
+				// it: a lease ended by the replay that precedes the first sweep would
+				// otherwise come back with the move.
+				pl.ZRem(ctx, r.keys.Leases(p), e.AgentID)
 			} else {
 				pl.ZAdd(ctx, leases, redis.Z{Score: float64(leaseScore(e.Deadline)), Member: e.AgentID})
 			}
@@ -563,9 +567,15 @@ func (r *Redis) moveLeases(ctx context.Context, p int) error {
 	if err != nil {
 		return fmt.Errorf("read lease index of partition %d: %w", p, err)
 	}
+	byShard := map[int][]redis.Z{}
+	for _, z := range all {
+		s := LeaseShardOf(z.Member.(string))
+		byShard[s] = append(byShard[s], z)
+	}
+	// One ZADD per shard: NX, as an entry already in a shard was written later.
 	_, err = r.client.TxPipelined(ctx, func(pl redis.Pipeliner) error {
-		for _, z := range all {
-			pl.ZAddNX(ctx, r.keys.LeaseShard(p, LeaseShardOf(z.Member.(string))), z)
+		for s, zs := range byShard {
+			pl.ZAddNX(ctx, r.keys.LeaseShard(p, s), zs...)
 		}
 		pl.Del(ctx, old)
 		return nil

@@ -502,7 +502,11 @@ func TestRedisLeaseShards(t *testing.T) {
 		redis.Z{Score: float64(base.UnixMilli()), Member: "z"}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	commitIn(t, s, 4, []state.IndexEntry{{AgentID: "z", Lease: true, Deadline: base.Add(2 * time.Hour)}})
+	if err := c.ZAdd(ctx, old, redis.Z{Score: float64(base.UnixMilli()), Member: "ended"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// z's lease renewed and ended's ended before the first sweep (a replay).
+	commitIn(t, s, 4, []state.IndexEntry{{AgentID: "z", Lease: true, Deadline: base.Add(2 * time.Hour)}, {AgentID: "ended", Lease: true}})
 	ids, err = s.DueAgents(ctx, 4, base, 0)
 	if err != nil {
 		t.Fatal(err)
