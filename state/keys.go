@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 )
@@ -59,11 +60,9 @@ func (k Keys) LeaseShard(p, s int) string {
 // the id modulo their count, so the shard is that hash mixed (MurmurHash3's
 // finalizer): its low bits alone would put a partition's agents in a few shards.
 func LeaseShardOf(agentID string) int {
-	h := uint32(2166136261)
-	for i := 0; i < len(agentID); i++ {
-		h ^= uint32(agentID[i])
-		h *= 16777619
-	}
+	f := fnv.New32a()
+	_, _ = f.Write([]byte(agentID))
+	h := f.Sum32()
 	h ^= h >> 16
 	h *= 0x85ebca6b
 	h ^= h >> 13

@@ -262,10 +262,6 @@ func (r *Redis) queueIndex(ctx context.Context, pl redis.Pipeliner, p int, index
 			leases := r.keys.LeaseShard(p, LeaseShardOf(e.AgentID))
 			if e.Deadline.IsZero() {
 				pl.ZRem(ctx, leases, e.AgentID)
-				// Also from the index of before the shards, until a sweep has moved
-				// it: a lease ended by the replay that precedes the first sweep would
-				// otherwise come back with the move.
-				pl.ZRem(ctx, r.keys.Leases(p), e.AgentID)
 			} else {
 				pl.ZAdd(ctx, leases, redis.Z{Score: float64(leaseScore(e.Deadline)), Member: e.AgentID})
 			}
@@ -572,10 +568,12 @@ func (r *Redis) moveLeases(ctx context.Context, p int) error {
 		s := LeaseShardOf(z.Member.(string))
 		byShard[s] = append(byShard[s], z)
 	}
-	// One ZADD per shard: NX, as an entry already in a shard was written later.
+	// One ZADD per shard, keeping the earlier deadline where an agent is in both:
+	// one too early is put right by the sweep that meets it, one too late would
+	// hold an expiry back.
 	_, err = r.client.TxPipelined(ctx, func(pl redis.Pipeliner) error {
 		for s, zs := range byShard {
-			pl.ZAddNX(ctx, r.keys.LeaseShard(p, s), zs...)
+			pl.ZAddArgs(ctx, r.keys.LeaseShard(p, s), redis.ZAddArgs{LT: true, Members: zs})
 		}
 		pl.Del(ctx, old)
 		return nil

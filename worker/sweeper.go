@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/state"
 )
 
 // sweep publishes a session.expired event for every session of the partition
@@ -28,8 +29,17 @@ func (pt *partition) sweep(ctx context.Context) error {
 			delete(pt.fired, id)
 		}
 	}
+	var repair []state.IndexEntry
 	for _, agentID := range ids {
-		for _, sess := range pt.agents[agentID].agent.Sessions {
+		a := pt.agents[agentID].agent
+		if d := a.NextDeadline(); d.IsZero() || d.After(now) {
+			// The index says due, the agent does not: an entry left by a write
+			// that did not finish or by an older layout. Left alone, it would be
+			// read again every sweep and take a place among the limit's 500.
+			repair = append(repair, state.IndexEntry{AgentID: agentID, Lease: true, Deadline: d})
+			continue
+		}
+		for _, sess := range a.Sessions {
 			if sess.Deadline.IsZero() || sess.Deadline.After(now) {
 				continue
 			}
@@ -46,6 +56,11 @@ func (pt *partition) sweep(ctx context.Context) error {
 				return w.natsFailed("publish", fmt.Errorf("publish expiry of %s/%s: %w", agentID, sess.ID, err))
 			}
 			pt.fired[id] = now
+		}
+	}
+	if len(repair) > 0 {
+		if _, err := w.store.Commit(ctx, pt.p, nil, repair); err != nil {
+			return fmt.Errorf("repair lease index: %w", err)
 		}
 	}
 	return nil
