@@ -28,6 +28,14 @@ func newRedisStore(t *testing.T, srv *testenv.Redis, prefix string) *state.Redis
 	return s
 }
 
+// startRedisStore starts a redis-server of the test's own and returns it, a
+// client on it and a store with the default prefix.
+func startRedisStore(t *testing.T) (*testenv.Redis, *redis.Client, *state.Redis) {
+	t.Helper()
+	srv := testenv.StartRedis(t)
+	return srv, srv.Client(t), newRedisStore(t, srv, "")
+}
+
 func TestRedisStore(t *testing.T) {
 	t.Parallel()
 	srv := testenv.StartRedis(t)
@@ -50,10 +58,8 @@ func TestRedisClusterStore(t *testing.T) {
 
 func TestRedisReadModel(t *testing.T) {
 	t.Parallel()
-	srv := testenv.StartRedis(t)
-	c := srv.Client(t)
+	srv, c, s := startRedisStore(t)
 	ctx := t.Context()
-	s := newRedisStore(t, srv, "")
 	const key = "presence:agent:{a1}"
 	if k := s.Keys().Agent("a1"); k != key {
 		t.Fatalf("read-model key %q, want %q", k, key)
@@ -172,10 +178,8 @@ func public(h map[string]string) map[string]string {
 
 func TestRedisKeysShareSlot(t *testing.T) {
 	t.Parallel()
-	srv := testenv.StartRedis(t)
-	c := srv.Client(t)
+	_, c, s := startRedisStore(t)
 	ctx := t.Context()
-	s := newRedisStore(t, srv, "")
 
 	seen := []state.Seen{{Key: state.DedupeKey("s", "1"), At: t0}}
 	later := time.Now().Add(time.Hour)
@@ -329,10 +333,8 @@ func TestRedisOneRoundTripPerCall(t *testing.T) {
 
 func TestRedisScriptCacheFlushed(t *testing.T) {
 	t.Parallel()
-	srv := testenv.StartRedis(t)
-	c := srv.Client(t)
+	_, c, s := startRedisStore(t)
 	ctx := t.Context()
-	s := newRedisStore(t, srv, "")
 	mustApply(t, s, state.Commit{Agent: fullAgent("a", 1, 1)})
 	if _, err := s.SaveConfig(ctx, handlers.Config{Seq: 1}); err != nil {
 		t.Fatal(err)
@@ -417,9 +419,7 @@ func TestRedisSurvivesRestartWithAOF(t *testing.T) {
 
 func TestRedisCorruptState(t *testing.T) {
 	t.Parallel()
-	srv := testenv.StartRedis(t)
-	c := srv.Client(t)
-	s := newRedisStore(t, srv, "")
+	_, c, s := startRedisStore(t)
 	ctx := t.Context()
 	if err := c.Set(ctx, s.Keys().State("a"), "not json", 0).Err(); err != nil {
 		t.Fatal(err)
@@ -453,10 +453,8 @@ func TestRedisBadPrefix(t *testing.T) {
 // shards is read and moved into them by the next sweep.
 func TestRedisLeaseShards(t *testing.T) {
 	t.Parallel()
-	srv := testenv.StartRedis(t)
-	c := srv.Client(t)
+	_, c, s := startRedisStore(t)
 	ctx := t.Context()
-	s := newRedisStore(t, srv, "")
 	base := t0.Truncate(time.Millisecond)
 
 	// The agents of one partition out of 16, as a partition's owner writes them.
