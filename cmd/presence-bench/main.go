@@ -553,6 +553,7 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 	}
 	dataBefore, _ := b.redisData(ctx)
 	before := b.cpu(children)
+	_ = b.natsProc.Process.Signal(syscall.SIGUSR1) // profile start, when asked for
 	start := time.Now()
 	for _, stdin := range stdins {
 		if _, err := io.WriteString(stdin, "go\n"); err != nil {
@@ -588,6 +589,7 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 	}
 	end := time.Now()
 	after := b.cpu(children)
+	_ = b.natsProc.Process.Signal(syscall.SIGUSR2)
 	if b.o.redisStats {
 		b.printRedisStats(ctx, mode, n)
 	}

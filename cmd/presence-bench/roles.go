@@ -44,9 +44,37 @@ func serveNATS(dir string) error {
 		return fmt.Errorf("nats server not ready")
 	}
 	fmt.Println("ready", ns.ClientURL())
+	// PRESENCE_BENCH_NATS_CPUPROFILE=<prefix> profiles the server during each
+	// measured side (the orchestrator signals its start and end), written to
+	// <prefix>.<n>.prof, n counting the sides.
+	prefix := os.Getenv("PRESENCE_BENCH_NATS_CPUPROFILE")
+	sides := 0
+	var prof *os.File
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2)
+	for s := range sig {
+		if s == syscall.SIGTERM || s == syscall.SIGINT {
+			break
+		}
+		if prefix == "" {
+			continue
+		}
+		if s == syscall.SIGUSR1 && prof == nil {
+			sides++
+			if prof, err = os.Create(fmt.Sprintf("%s.%d.prof", prefix, sides)); err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(prof); err != nil {
+				return err
+			}
+		} else if s == syscall.SIGUSR2 && prof != nil {
+			pprof.StopCPUProfile()
+			if err := prof.Close(); err != nil {
+				return err
+			}
+			prof = nil
+		}
+	}
 	ns.Shutdown()
 	ns.WaitForShutdown()
 	return nil
