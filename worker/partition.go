@@ -88,10 +88,13 @@ type agentEntry struct {
 	indexed bool
 }
 
+// clone returns a copy to work on, which replaces e once its step is committed
+// or is dropped when the step fails. The two share seen's and outbox's arrays:
+// they are only ever appended to and resliced, never written in place, so an
+// append by the copy lands past what e can see (and one by a retry's copy, after
+// a failed step, over what only the dropped copy saw).
 func (e *agentEntry) clone() *agentEntry {
 	c := *e
-	c.seen = append([]state.Seen(nil), e.seen...)
-	c.outbox = append([]state.Outgoing(nil), e.outbox...)
 	return &c
 }
 

@@ -180,10 +180,13 @@ func newStep() *step {
 }
 
 func (s *step) emit(id string, o ...state.Outgoing) {
-	if _, ok := s.out[id]; !ok {
+	prev, ok := s.out[id]
+	if !ok {
 		s.order = append(s.order, id)
+		s.out[id] = o // only read from here on, so shared, not copied
+		return
 	}
-	s.out[id] = append(s.out[id], o...)
+	s.out[id] = append(prev[:len(prev):len(prev)], o...)
 }
 
 func (pt *partition) reject(s *step, it item, rej *events.Rejection) {
@@ -226,7 +229,7 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) (err error)
 	}
 	s := newStep()
 	defer func() { endSpans(s.spans, err) }()
-	work := map[string]*agentEntry{}
+	work := make(map[string]*agentEntry, len(ids))
 	applied := map[string]bool{}
 	for _, it := range items {
 		if it.msg != nil {
@@ -281,6 +284,7 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) (err error)
 		applied[id] = true
 		pt.count(it.ev.Type, "applied")
 	}
+	s.commits = make([]state.Commit, 0, len(work))
 	for id, e := range work {
 		pt.plan(s, cfg, pt.agents[id], e, applied[id], false)
 	}
@@ -297,8 +301,9 @@ func (pt *partition) plan(s *step, cfg handlers.Config, before, e *agentEntry, a
 		e.agent.AppliedSeq = before.agent.AppliedSeq // nothing written: the store keeps its sequence
 	} else {
 		e.agent.AppliedSeq = e.seq
-		prev := before.agent
-		s.commits = append(s.commits, state.Commit{Agent: e.agent, Expect: before.agent.AppliedSeq, Before: &prev,
+		// before is not changed once planned (finish replaces it by e), so the
+		// commit can point at its state.
+		s.commits = append(s.commits, state.Commit{Agent: e.agent, Expect: before.agent.AppliedSeq, Before: &before.agent,
 			Removed: removed, Outbox: e.outbox, Seen: e.seen[e.saved:], DropOutbox: before.outboxStored})
 		e.outboxStored = len(e.outbox) > 0 || len(e.seen) > e.saved
 		if removed {
