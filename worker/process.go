@@ -70,11 +70,19 @@ func (w *Worker) decodeItem(it *item, seq uint64, stored time.Time) {
 // partition handled and at or before upTo. Partition consumers filter on their own
 // subjects only (a second filter subject makes the server's next-message lookup far
 // costlier); configuration is rare, so each partition merges it in itself.
+//
+// The lookup starts past the range the previous one found empty: started at the
+// configuration's own sequence, it would make the server search from there on
+// every batch, through blocks long out of its cache.
 func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error) {
 	w := pt.w
 	subject := w.names.Subjects.Config()
+	after := pt.rec.Config.Seq
+	if pt.noConfig.after == after {
+		after = max(after, pt.noConfig.upTo)
+	}
 	var out []item
-	for next := pt.rec.Config.Seq + 1; next <= upTo; {
+	for next := after + 1; next <= upTo; {
 		raw, err := pt.input.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
@@ -89,6 +97,9 @@ func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error
 		w.decodeItem(&it, raw.Sequence, raw.Time)
 		out = append(out, it)
 		next = raw.Sequence + 1
+	}
+	if len(out) == 0 && upTo > after {
+		pt.noConfig.after, pt.noConfig.upTo = pt.rec.Config.Seq, upTo
 	}
 	return out, nil
 }
@@ -122,10 +133,12 @@ func merge(agents, config []item) []item {
 func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err error) {
 	items := own
 	if !pt.replaying {
+		start := time.Now()
 		config, err := pt.configUpTo(ctx, upTo)
 		if err != nil {
 			return err
 		}
+		pt.w.metrics.stepConfig.Observe(time.Since(start).Seconds())
 		items = merge(own, config)
 	}
 	defer func() {
@@ -224,9 +237,11 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) (err error)
 			ids = append(ids, it.ev.AgentID)
 		}
 	}
+	start := time.Now()
 	if err := pt.load(ctx, ids); err != nil {
 		return err
 	}
+	w.metrics.stepLoad.Observe(time.Since(start).Seconds())
 	s := newStep()
 	defer func() { endSpans(s.spans, err) }()
 	work := make(map[string]*agentEntry, len(ids))
@@ -473,9 +488,11 @@ func (pt *partition) reconfigureAgents(ctx context.Context, s *step, before, aft
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
+	start := time.Now()
 	if err := pt.load(ctx, ids); err != nil {
 		return err
 	}
+	w.metrics.stepLoad.Observe(time.Since(start).Seconds())
 	for _, id := range ids {
 		cur := pt.agents[id]
 		e := cur.clone()
@@ -500,10 +517,12 @@ func (pt *partition) reconfigureAgents(ctx context.Context, s *step, before, aft
 func (pt *partition) finish(ctx context.Context, s *step) error {
 	w := pt.w
 	if len(s.commits) > 0 || len(s.index) > 0 {
+		start := time.Now()
 		ok, err := w.store.Commit(ctx, pt.p, s.commits, s.index)
 		if err != nil {
 			return fmt.Errorf("commit: %w", err)
 		}
+		w.metrics.stepCommit.Observe(time.Since(start).Seconds())
 		for i, applied := range ok {
 			if !applied {
 				c := s.commits[i]
@@ -525,14 +544,18 @@ func (pt *partition) finish(ctx context.Context, s *step) error {
 	if pt.replaying {
 		return nil // everything a replay reaches was published when it was first handled
 	}
+	start := time.Now()
 	if err := pt.publish(ctx, s); err != nil {
 		return err
 	}
+	w.metrics.stepPublish.Observe(time.Since(start).Seconds())
 	if s.last != nil {
+		start = time.Now()
 		// The consumer acknowledges all up to the last message (AckAll).
 		if err := s.last.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 			return w.natsFailed("ack", fmt.Errorf("ack: %w", err))
 		}
+		w.metrics.stepAck.Observe(time.Since(start).Seconds())
 	}
 	return nil
 }

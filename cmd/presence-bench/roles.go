@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/internal/cli"
@@ -132,7 +133,8 @@ func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoi
 			}()
 		}
 	}
-	w, err := worker.New(nc, store, cfg, nil, worker.Hooks{})
+	reg := prometheus.NewRegistry()
+	w, err := worker.New(nc, store, cfg, reg, worker.Hooks{})
 	if err != nil {
 		return err
 	}
@@ -149,7 +151,38 @@ func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoi
 		stop()
 		return <-done
 	}
-	return w.Run(ctx)
+	err = w.Run(ctx)
+	printSteps(reg)
+	return err
+}
+
+// printSteps says where a batch's time went, step by step, from the worker's
+// presenced_batch_step_seconds histogram: the mean per batch, in milliseconds.
+func printSteps(reg *prometheus.Registry) {
+	families, err := reg.Gather()
+	if err != nil {
+		return
+	}
+	line := ""
+	for _, f := range families {
+		if f.GetName() != "presenced_batch_step_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			h := m.GetHistogram()
+			if h.GetSampleCount() == 0 {
+				continue
+			}
+			step := ""
+			for _, l := range m.GetLabel() {
+				step = l.GetValue()
+			}
+			line += fmt.Sprintf(" %s %.2f (%d)", step, 1000*h.GetSampleSum()/float64(h.GetSampleCount()), h.GetSampleCount())
+		}
+	}
+	if line != "" {
+		fmt.Fprintln(os.Stderr, "presenced batch steps, mean ms (batches):"+line)
+	}
 }
 
 // casScript is the reference pipeline's one compare-and-set per event.
