@@ -152,10 +152,10 @@ func optional(c *redis.StringCmd) ([]byte, error) {
 	return b, err
 }
 
-// commitArgs appends the keys of one commit, its entry in the chunk's
-// MessagePack argument ([expect, seq, flags, [field, value, ...], state]) and
-// its outbox argument (see commit.lua).
-func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([]string, []byte, []any, error) {
+// commitArgs appends the keys of one commit, its entries in the chunk's
+// MessagePack argument (expect, seq, flags, n, n hash fields and values, state)
+// and its outbox argument (see commit.lua); it returns how many entries.
+func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([]string, []byte, []any, int, error) {
 	st := stored(c)
 	id := c.Agent.ID
 	keys = append(keys, r.keys.Agent(id), r.keys.State(id), r.keys.Outbox(id))
@@ -178,7 +178,7 @@ func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([
 	} else {
 		j, err := json.Marshal(st)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("commit %s: encode state: %w", id, err)
+			return nil, nil, nil, 0, fmt.Errorf("commit %s: encode state: %w", id, err)
 		}
 		stateJSON = j
 		flags = append(flags, 's')
@@ -189,14 +189,13 @@ func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([
 	} else if c.DropOutbox || c.Restore || c.Removed {
 		flags = append(flags, 'O')
 	}
-	b = mpArray(b, 5)
 	b = mpUint(b, c.Expect)
 	b = mpUint(b, st.AppliedSeq)
 	b = mpBytes(b, flags)
-	// The field count is known once they are written: the array header is
-	// reserved at 16 bits and filled in.
+	// The field count is known once they are written: it is reserved as a
+	// 16-bit integer and filled in.
 	head := len(b)
-	b = append(b, 0xdc, 0, 0)
+	b = append(b, 0xcd, 0, 0)
 	m := 0
 	if st.HasStatus() {
 		b, m = appendFields(b, before, st)
@@ -211,7 +210,7 @@ func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([
 	} else {
 		outboxes = append(outboxes, outbox)
 	}
-	return keys, b, outboxes, nil
+	return keys, b, outboxes, 5 + 2*m, nil
 }
 
 // Commit implements Store: the commits go out in scripts of up to CommitChunk
@@ -227,15 +226,21 @@ func (r *Redis) Commit(ctx context.Context, p int, commits []Commit, index []Ind
 	for start := 0; start < len(commits); start += r.chunk {
 		end := min(start+r.chunk, len(commits))
 		keys := make([]string, 0, 3*(end-start))
+		// One flat array for the chunk: Lua builds no table per agent. Its
+		// length is known at the end, so the header is reserved at 32 bits.
 		b := make([]byte, 0, 256*(end-start))
-		b = mpArray(b, end-start)
+		b = append(b, 0xdd, 0, 0, 0, 0)
 		args := make([]any, 1, 1+end-start)
+		entries := 0
 		for _, c := range commits[start:end] {
+			var n int
 			var err error
-			if keys, b, args, err = r.commitArgs(keys, b, args, c); err != nil {
+			if keys, b, args, n, err = r.commitArgs(keys, b, args, c); err != nil {
 				return nil, err
 			}
+			entries += n
 		}
+		binary.BigEndian.PutUint32(b[1:], uint32(entries))
 		args[0] = b
 		calls = append(calls, scriptCall{keys: keys, args: args, n: end - start})
 	}

@@ -7,8 +7,9 @@
 --   <prefix>:state:{<id>}   STRING, JSON of handlers.Agent for an agent without a status
 --   <prefix>:outbox:{<id>}  STRING, its last commit's status changes and dedupe entries
 --
--- ARGV[1]: MessagePack, an array with one entry per agent, in KEYS order:
---   [expect, seq, flags, fields, state]
+-- ARGV[1]: MessagePack, one flat array with the entries of every agent in KEYS
+-- order (flat, so Lua builds no table per agent):
+--   expect, seq, flags, n, field, value, ... (n strings), state
 --   expect  the applied sequence the store must hold (0: none)
 --   seq     the applied sequence of the new state
 --   flags   any of:
@@ -18,19 +19,22 @@
 --           S  delete the state key
 --           o  set the outbox (outbox)
 --           O  delete the outbox
---   fields  hash field, value, field, value, ... (strings) to write
+--   n       how many hash field and value strings follow, to write
 --   state   the state key's value, or '' without s
 -- ARGV[1+i]: agent i's outbox, or '' without o
 --
 -- Returns one 1 (applied) or 0 (stored sequence not as expected: nothing written)
 -- per agent. Sequences stay below 2^53, so Lua numbers compare them exactly.
 
-local commits = cmsgpack.unpack(ARGV[1])
+local a = cmsgpack.unpack(ARGV[1])
 local out = {}
-for i = 1, #commits do
-  local c = commits[i]
+local p = 1
+for i = 1, #KEYS / 3 do
   local h, s, o = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local expect, seq, flags, fields = c[1], c[2], c[3], c[4]
+  local expect, seq, flags, n = a[p], a[p + 1], a[p + 2], a[p + 3]
+  local first = p + 4
+  local state = a[first + n]
+  p = first + n + 1
 
   local stored = storedSeq(h, s)
   if type(stored) == 'table' then return stored end
@@ -42,12 +46,12 @@ for i = 1, #commits do
   end
   if apply then
     if string.find(flags, 'H', 1, true) then redis.call('DEL', h) end
-    if #fields > 0 then
-      redis.call('HSET', h, unpack(fields))
+    if n > 0 then
+      redis.call('HSET', h, unpack(a, first, first + n - 1))
     end
     if string.find(flags, 's', 1, true) then
       redis.call('DEL', h)
-      redis.call('SET', s, c[5])
+      redis.call('SET', s, state)
     end
     if string.find(flags, 'S', 1, true) then redis.call('DEL', s) end
     if string.find(flags, 'o', 1, true) then
