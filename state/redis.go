@@ -152,6 +152,16 @@ func optional(c *redis.StringCmd) ([]byte, error) {
 	return b, err
 }
 
+// The commit script's flags, a bit each (see commit.lua).
+const (
+	flagRestore    = 1 << iota // apply if the stored sequence is lower, whatever expect says
+	flagRewrite                // delete the hash before writing it
+	flagState                  // write the state key, delete the hash
+	flagDropState              // delete the state key
+	flagOutbox                 // set the outbox
+	flagDropOutbox             // delete the outbox
+)
+
 // commitArgs appends the keys of one commit, its entries in the chunk's
 // MessagePack argument (expect, seq, flags, n, n hash fields and values, state)
 // and its outbox argument (see commit.lua); it returns how many entries.
@@ -159,10 +169,9 @@ func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([
 	st := stored(c)
 	id := c.Agent.ID
 	keys = append(keys, r.keys.Agent(id), r.keys.State(id), r.keys.Outbox(id))
-	var flagBuf [8]byte
-	flags := flagBuf[:0]
+	var flags uint64
 	if c.Restore {
-		flags = append(flags, 'r')
+		flags |= flagRestore
 	}
 	var stateJSON []byte
 	var before *handlers.Agent // nil: every field is written
@@ -170,9 +179,9 @@ func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([
 		if c.Before != nil && c.Before.HasStatus() && !c.Restore && !c.Removed {
 			before = c.Before
 		} else {
-			flags = append(flags, 'H')
+			flags |= flagRewrite
 			if c.Before == nil || c.Before.AppliedSeq > 0 {
-				flags = append(flags, 'S') // a state key may be left from before the first status
+				flags |= flagDropState // a state key may be left from before the first status
 			}
 		}
 	} else {
@@ -181,17 +190,17 @@ func (r *Redis) commitArgs(keys []string, b []byte, outboxes []any, c Commit) ([
 			return nil, nil, nil, 0, fmt.Errorf("commit %s: encode state: %w", id, err)
 		}
 		stateJSON = j
-		flags = append(flags, 's')
+		flags |= flagState
 	}
 	outbox := encodeOutbox(c.Outbox, c.Seen)
 	if len(outbox) > 0 {
-		flags = append(flags, 'o')
+		flags |= flagOutbox
 	} else if c.DropOutbox || c.Restore || c.Removed {
-		flags = append(flags, 'O')
+		flags |= flagDropOutbox
 	}
 	b = mpUint(b, c.Expect)
 	b = mpUint(b, st.AppliedSeq)
-	b = mpBytes(b, flags)
+	b = mpUint(b, flags)
 	// The field count is known once they are written: it is reserved as a
 	// 16-bit integer and filled in.
 	head := len(b)

@@ -12,13 +12,14 @@
 --   expect, seq, flags, n, field, value, ... (n strings), state
 --   expect  the applied sequence the store must hold (0: none)
 --   seq     the applied sequence of the new state
---   flags   any of:
---           r  restore: apply if the stored sequence is lower, whatever expect says
---           H  delete the hash before writing it (a full rewrite)
---           s  write the state key (state), delete the hash
---           S  delete the state key
---           o  set the outbox (outbox)
---           O  delete the outbox
+--   flags   the sum of any of (tested by arithmetic: a C call per test would
+--           cost more than the rest of the bookkeeping):
+--           1   restore: apply if the stored sequence is lower, whatever expect says
+--           2   delete the hash before writing it (a full rewrite)
+--           4   write the state key (state), delete the hash
+--           8   delete the state key
+--           16  set the outbox (outbox)
+--           32  delete the outbox
 --   n       how many hash field and value strings follow, to write
 --   state   the state key's value, or '' without s
 -- ARGV[1+i]: agent i's outbox, or '' without o
@@ -39,24 +40,24 @@ for i = 1, #KEYS / 3 do
   local stored = storedSeq(h, s)
   if type(stored) == 'table' then return stored end
   local apply
-  if string.find(flags, 'r', 1, true) then
+  if flags % 2 == 1 then
     apply = stored < seq
   else
     apply = stored == expect
   end
   if apply then
-    if string.find(flags, 'H', 1, true) then redis.call('DEL', h) end
+    if flags % 4 >= 2 then redis.call('DEL', h) end
     if n > 0 then
       redis.call('HSET', h, unpack(a, first, first + n - 1))
     end
-    if string.find(flags, 's', 1, true) then
+    if flags % 8 >= 4 then
       redis.call('DEL', h)
       redis.call('SET', s, state)
     end
-    if string.find(flags, 'S', 1, true) then redis.call('DEL', s) end
-    if string.find(flags, 'o', 1, true) then
+    if flags % 16 >= 8 then redis.call('DEL', s) end
+    if flags % 32 >= 16 then
       redis.call('SET', o, ARGV[1 + i])
-    elseif string.find(flags, 'O', 1, true) then
+    elseif flags >= 32 then
       redis.call('DEL', o)
     end
     out[i] = 1
