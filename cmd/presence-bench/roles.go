@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -181,7 +182,7 @@ func printSteps(reg *prometheus.Registry) {
 		}
 	}
 	if line != "" {
-		fmt.Fprintln(os.Stderr, "presenced batch steps, mean ms (batches):"+line)
+		fmt.Fprintf(os.Stderr, "presenced batch steps, mean ms (batches):%s; worker peak RSS %s\n", line, peakRSS())
 	}
 }
 
@@ -319,4 +320,18 @@ func runPipe(natsURL, redisURL, stream string, withLua, single, publish bool, ba
 			return err
 		}
 	}
+}
+
+// peakRSS is the process's peak resident memory (VmHWM), as /proc says it.
+func peakRSS() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
 }

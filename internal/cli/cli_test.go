@@ -121,3 +121,26 @@ func TestHelpNeverShowsSecrets(t *testing.T) {
 		t.Fatalf("values: %q %q %v", *n.password, *r.URL, err)
 	}
 }
+
+func TestGCTuning(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		cgroup  int64
+		percent int
+		limit   int64
+	}{
+		{"defaults, no cgroup limit", nil, 0, 400, 0},
+		{"a container of 2 GiB", nil, 2 << 30, 400, 3 << 29},
+		{"GOGC set", map[string]string{"GOGC": "100"}, 0, 0, 0},
+		{"GOMEMLIMIT set", map[string]string{"GOMEMLIMIT": "1GiB"}, 2 << 30, 400, 0},
+		{"both set", map[string]string{"GOGC": "100", "GOMEMLIMIT": "1GiB"}, 2 << 30, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			percent, limit := gcTuning(env(tc.env), tc.cgroup)
+			if percent != tc.percent || limit != tc.limit {
+				t.Errorf("gcTuning = %d, %d; want %d, %d", percent, limit, tc.percent, tc.limit)
+			}
+		})
+	}
+}
