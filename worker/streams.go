@@ -53,7 +53,9 @@ func streamConfigs(cfg Config, names Names) []jetstream.StreamConfig {
 		// message. A direct get is answered inline by the server, where the API
 		// goes through a queue of a few goroutines. With replicas a lagging
 		// follower may answer a direct get and miss a configuration event, so it
-		// is enabled only where the leader is the only copy.
+		// is enabled only where the leader is the only copy (a mirror with
+		// MirrorDirect would answer too, from a copy that may lag: the README
+		// says not to add one).
 		AllowDirect: cfg.StreamReplicas == 1,
 	}
 	return []jetstream.StreamConfig{in, {
