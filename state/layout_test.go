@@ -56,7 +56,7 @@ func TestAgentFromBrokenFields(t *testing.T) {
 	if _, err := agentFromFields("a", good); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []string{"x", "m|r|a|1/2|d|desk", "m|r|a|1/2|d|desk@x", "m|r|a||||busy/busy", "m|r|a||||busy/busy/q/1", "1|2|3|4|5|6|7|8"} {
+	for _, w := range []string{"x", "m|r|a|1/2|d|desk", "m|r|a|1/2|d|desk@x", "m|r|a||||busy/busy", "m|r|a||||busy/busy/q/1", "1|2|3|4|5|6|7|8", "m|Q|G", "m|L|Q", "m|L|G|||desk!zz!"} {
 		h := map[string]string{}
 		for k, v := range good {
 			h[k] = v
@@ -175,11 +175,12 @@ func TestPackWorker(t *testing.T) {
 	}{
 		{handlers.Agent{}, ""},
 		{handlers.Agent{Origin: handlers.OriginManual}, "m"},
-		{handlers.Agent{Actor: "agent"}, "||agent"},
-		{handlers.Agent{Origin: handlers.OriginSystem, Sessions: []handlers.Session{{ID: "desk", Deadline: at}, {ID: "phone"}}}, "s|||||desk@42,phone@0"},
+		{handlers.Agent{Actor: "agent"}, "||G"},
+		{handlers.Agent{Actor: "someone-else"}, "||someone-else"},
+		{handlers.Agent{Origin: handlers.OriginSystem, Sessions: []handlers.Session{{ID: "desk", Deadline: at}, {ID: "phone"}}}, "s|||||desk!16,phone!0"},
 		{handlers.Agent{Reason: events.ReasonLogin, Capacity: &handlers.Capacity{Used: 1, Total: 2}, DefaultPresenceID: "busy",
 			Held: &handlers.Held{PresenceID: "away", BaseStatus: events.Away, Origin: handlers.OriginCapacity, ExpiredAt: at}},
-			"|login||1/2|busy||away/away/c/42"},
+			"|L||1/2|busy||away/away/c/42"},
 	} {
 		if got := packWorker(c.a); got != c.want {
 			t.Errorf("packWorker(%+v) = %q, want %q", c.a, got, c.want)
@@ -188,5 +189,30 @@ func TestPackWorker(t *testing.T) {
 		if err := unpackWorker(&a, c.want); err != nil {
 			t.Errorf("unpack %q: %v", c.want, err)
 		}
+		if !reflect.DeepEqual(a, c.a) {
+			t.Errorf("unpack %q = %+v, want %+v", c.want, a, c.a)
+		}
+	}
+}
+
+// TestUnpackWorkerBeforeCodes: a field written before the reason, actor and
+// deadline codes still reads.
+func TestUnpackWorkerBeforeCodes(t *testing.T) {
+	var a handlers.Agent
+	if err := unpackWorker(&a, "c|missed_notification|agent|0/2||desk@42,phone@0"); err != nil {
+		t.Fatal(err)
+	}
+	want := handlers.Agent{Origin: handlers.OriginCapacity, Reason: events.ReasonMissedNotification, Actor: "agent",
+		Capacity: &handlers.Capacity{Used: 0, Total: 2}, Sessions: []handlers.Session{{ID: "desk", Deadline: time.Unix(0, 42).UTC()}, {ID: "phone"}}}
+	if !reflect.DeepEqual(a, want) {
+		t.Fatalf("got %+v\nwant %+v", a, want)
+	}
+	// Every reason presenced gives has a code of its own.
+	seen := map[string]bool{}
+	for r, c := range reasonCodes {
+		if seen[c] || len(c) != 1 || c[0] < 'A' || c[0] > 'Z' {
+			t.Errorf("reason %s: code %q", r, c)
+		}
+		seen[c] = true
 	}
 }
