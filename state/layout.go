@@ -123,12 +123,13 @@ func sameWorker(a, b handlers.Agent) bool {
 //	reason   one upper-case letter for each reason presenced gives (reasonCodes)
 //	actor    one upper-case letter for each actor (actorCodes)
 //	capacity used/total
-//	sessions id!deadline,... (deadline in unix nanoseconds in base 36, 0: none)
+//	sessions id@deadline,... (deadline in unix nanoseconds, 0: none)
 //	held     presenceId/baseStatus/origin/expiredAt (unix nanoseconds)
 //
 // The codes keep the hash in a smaller allocation: an idle agent's listpack sat
-// just past 224 bytes. Fields written before the codes (the reason and actor
-// spelt out, decimal deadlines after '@') still read. None of the separators can
+// just past 224 bytes. Fields with the reason and actor spelt out (written before
+// the codes) still read, and a version from before reads the codes as text,
+// which a rolling upgrade can live with. None of the separators can
 // occur in what they separate: reasons, actors and presence ids are fixed or
 // [a-z0-9_-], session ids [A-Za-z0-9_.:-].
 var originCodes = map[handlers.Origin]string{
@@ -196,7 +197,7 @@ func appendWorker(b []byte, a handlers.Agent) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = strconv.AppendInt(append(append(b, s.ID...), '!'), nanos(s.Deadline), 36)
+		b = strconv.AppendInt(append(append(b, s.ID...), '@'), nanos(s.Deadline), 10)
 	}
 	b = append(b, '|')
 	if h := a.Held; h != nil {
@@ -220,10 +221,8 @@ func nanos(t time.Time) int64 {
 	return t.UnixNano()
 }
 
-func fromNanos(s string) (time.Time, error) { return fromNanosBase(s, 10) }
-
-func fromNanosBase(s string, base int) (time.Time, error) {
-	n, err := strconv.ParseInt(s, base, 64)
+func fromNanos(s string) (time.Time, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n == 0 {
 		return time.Time{}, err
 	}
@@ -262,13 +261,8 @@ func unpackWorker(a *handlers.Agent, w string) error {
 	a.DefaultPresenceID = parts[4]
 	if parts[5] != "" {
 		for _, s := range strings.Split(parts[5], ",") {
-			base := 36
-			id, d, ok := strings.Cut(s, "!")
-			if !ok {
-				base = 10 // written before the base-36 deadlines
-				id, d, ok = strings.Cut(s, "@")
-			}
-			deadline, err := fromNanosBase(d, base)
+			id, d, ok := strings.Cut(s, "@")
+			deadline, err := fromNanos(d)
 			if !ok || id == "" || err != nil {
 				return fmt.Errorf("session %q, not id@deadline", s)
 			}

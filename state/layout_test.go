@@ -56,7 +56,7 @@ func TestAgentFromBrokenFields(t *testing.T) {
 	if _, err := agentFromFields("a", good); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []string{"x", "m|r|a|1/2|d|desk", "m|r|a|1/2|d|desk@x", "m|r|a||||busy/busy", "m|r|a||||busy/busy/q/1", "1|2|3|4|5|6|7|8", "m|Q|G", "m|L|Q", "m|L|G|||desk!zz!"} {
+	for _, w := range []string{"x", "m|r|a|1/2|d|desk", "m|r|a|1/2|d|desk@x", "m|r|a||||busy/busy", "m|r|a||||busy/busy/q/1", "1|2|3|4|5|6|7|8", "m|Q|G", "m|L|Q"} {
 		h := map[string]string{}
 		for k, v := range good {
 			h[k] = v
@@ -177,7 +177,7 @@ func TestPackWorker(t *testing.T) {
 		{handlers.Agent{Origin: handlers.OriginManual}, "m"},
 		{handlers.Agent{Actor: "agent"}, "||G"},
 		{handlers.Agent{Actor: "someone-else"}, "||someone-else"},
-		{handlers.Agent{Origin: handlers.OriginSystem, Sessions: []handlers.Session{{ID: "desk", Deadline: at}, {ID: "phone"}}}, "s|||||desk!16,phone!0"},
+		{handlers.Agent{Origin: handlers.OriginSystem, Sessions: []handlers.Session{{ID: "desk", Deadline: at}, {ID: "phone"}}}, "s|||||desk@42,phone@0"},
 		{handlers.Agent{Reason: events.ReasonLogin, Capacity: &handlers.Capacity{Used: 1, Total: 2}, DefaultPresenceID: "busy",
 			Held: &handlers.Held{PresenceID: "away", BaseStatus: events.Away, Origin: handlers.OriginCapacity, ExpiredAt: at}},
 			"|L||1/2|busy||away/away/c/42"},
@@ -195,8 +195,8 @@ func TestPackWorker(t *testing.T) {
 	}
 }
 
-// TestUnpackWorkerBeforeCodes: a field written before the reason, actor and
-// deadline codes still reads.
+// TestUnpackWorkerBeforeCodes: a field written before the reason and actor
+// codes still reads.
 func TestUnpackWorkerBeforeCodes(t *testing.T) {
 	var a handlers.Agent
 	if err := unpackWorker(&a, "c|missed_notification|agent|0/2||desk@42,phone@0"); err != nil {
