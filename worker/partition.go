@@ -32,13 +32,8 @@ type partition struct {
 	// handled, published and acknowledged.
 	pos         uint64
 	configDirty bool // the configuration changed since the last checkpoint
-	// noConfig records a range of the input stream known to hold no
-	// configuration event: (after, upTo], found while the configuration was at
-	// after. Input sequences are given out in order, so a range once found
-	// empty stays empty, and the next lookup can start past it.
-	noConfig struct{ after, upTo uint64 }
-	cons     jetstream.Consumer
-	input    jetstream.Stream
+	cons        jetstream.Consumer
+	input       jetstream.Stream
 
 	agents map[string]*agentEntry
 	// dirty holds the agents changed since the last checkpoint.

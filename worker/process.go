@@ -70,19 +70,11 @@ func (w *Worker) decodeItem(it *item, seq uint64, stored time.Time) {
 // partition handled and at or before upTo. Partition consumers filter on their own
 // subjects only (a second filter subject makes the server's next-message lookup far
 // costlier); configuration is rare, so each partition merges it in itself.
-//
-// The lookup starts past the range the previous one found empty: started at the
-// configuration's own sequence, it would make the server search from there on
-// every batch, through blocks long out of its cache.
 func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error) {
 	w := pt.w
 	subject := w.names.Subjects.Config()
-	after := pt.rec.Config.Seq
-	if pt.noConfig.after == after {
-		after = max(after, pt.noConfig.upTo)
-	}
 	var out []item
-	for next := after + 1; next <= upTo; {
+	for next := pt.rec.Config.Seq + 1; next <= upTo; {
 		raw, err := pt.input.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
@@ -97,9 +89,6 @@ func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error
 		w.decodeItem(&it, raw.Sequence, raw.Time)
 		out = append(out, it)
 		next = raw.Sequence + 1
-	}
-	if len(out) == 0 && upTo > after {
-		pt.noConfig.after, pt.noConfig.upTo = pt.rec.Config.Seq, upTo
 	}
 	return out, nil
 }
