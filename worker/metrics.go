@@ -16,9 +16,8 @@ type metrics struct {
 	pending       *prometheus.GaugeVec
 	redeliveries  prometheus.Counter
 	backendErrors *prometheus.CounterVec
-	// steps is how long each step of handling a batch waited and worked: the
+	// How long each step of handling a batch waited and worked: the
 	// configuration lookup, loading agents, the commit, the publish, the ack.
-	steps                                                  *prometheus.HistogramVec
 	stepConfig, stepLoad, stepCommit, stepPublish, stepAck prometheus.Observer
 }
 
@@ -59,14 +58,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.backendErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "presenced_backend_errors_total", Help: "Failed calls to the state store (backend redis or memory) and to NATS, by operation.",
 	}, []string{"backend", "op"})
-	m.steps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	steps := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "presenced_batch_step_seconds",
 		Help:    "Time a batch spent in each step of its handling (config, load, commit, publish, ack), round trips included.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	}, []string{"step"})
-	m.stepConfig, m.stepLoad = m.steps.WithLabelValues("config"), m.steps.WithLabelValues("load")
-	m.stepCommit, m.stepPublish, m.stepAck = m.steps.WithLabelValues("commit"), m.steps.WithLabelValues("publish"), m.steps.WithLabelValues("ack")
+	m.stepConfig, m.stepLoad = steps.WithLabelValues("config"), steps.WithLabelValues("load")
+	m.stepCommit, m.stepPublish, m.stepAck = steps.WithLabelValues("commit"), steps.WithLabelValues("publish"), steps.WithLabelValues("ack")
 	reg.MustRegister(m.backendErrors, m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds, m.latency, m.pending,
-		m.redeliveries, m.steps)
+		m.redeliveries, steps)
 	return m
 }

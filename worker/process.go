@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/presenced/presenced/events"
@@ -122,12 +123,12 @@ func merge(agents, config []item) []item {
 func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err error) {
 	items := own
 	if !pt.replaying {
-		start := time.Now()
+		timer := prometheus.NewTimer(pt.w.metrics.stepConfig)
 		config, err := pt.configUpTo(ctx, upTo)
 		if err != nil {
 			return err
 		}
-		pt.w.metrics.stepConfig.Observe(time.Since(start).Seconds())
+		timer.ObserveDuration()
 		items = merge(own, config)
 	}
 	defer func() {
@@ -226,11 +227,11 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) (err error)
 			ids = append(ids, it.ev.AgentID)
 		}
 	}
-	start := time.Now()
+	timer := prometheus.NewTimer(w.metrics.stepLoad)
 	if err := pt.load(ctx, ids); err != nil {
 		return err
 	}
-	w.metrics.stepLoad.Observe(time.Since(start).Seconds())
+	timer.ObserveDuration()
 	s := newStep()
 	defer func() { endSpans(s.spans, err) }()
 	work := make(map[string]*agentEntry, len(ids))
@@ -477,11 +478,11 @@ func (pt *partition) reconfigureAgents(ctx context.Context, s *step, before, aft
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	start := time.Now()
+	timer := prometheus.NewTimer(w.metrics.stepLoad)
 	if err := pt.load(ctx, ids); err != nil {
 		return err
 	}
-	w.metrics.stepLoad.Observe(time.Since(start).Seconds())
+	timer.ObserveDuration()
 	for _, id := range ids {
 		cur := pt.agents[id]
 		e := cur.clone()
@@ -506,12 +507,12 @@ func (pt *partition) reconfigureAgents(ctx context.Context, s *step, before, aft
 func (pt *partition) finish(ctx context.Context, s *step) error {
 	w := pt.w
 	if len(s.commits) > 0 || len(s.index) > 0 {
-		start := time.Now()
+		timer := prometheus.NewTimer(w.metrics.stepCommit)
 		ok, err := w.store.Commit(ctx, pt.p, s.commits, s.index)
 		if err != nil {
 			return fmt.Errorf("commit: %w", err)
 		}
-		w.metrics.stepCommit.Observe(time.Since(start).Seconds())
+		timer.ObserveDuration()
 		for i, applied := range ok {
 			if !applied {
 				c := s.commits[i]
@@ -533,18 +534,18 @@ func (pt *partition) finish(ctx context.Context, s *step) error {
 	if pt.replaying {
 		return nil // everything a replay reaches was published when it was first handled
 	}
-	start := time.Now()
+	timer := prometheus.NewTimer(w.metrics.stepPublish)
 	if err := pt.publish(ctx, s); err != nil {
 		return err
 	}
-	w.metrics.stepPublish.Observe(time.Since(start).Seconds())
+	timer.ObserveDuration()
 	if s.last != nil {
-		start = time.Now()
+		timer := prometheus.NewTimer(w.metrics.stepAck)
 		// The consumer acknowledges all up to the last message (AckAll).
 		if err := s.last.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 			return w.natsFailed("ack", fmt.Errorf("ack: %w", err))
 		}
-		w.metrics.stepAck.Observe(time.Since(start).Seconds())
+		timer.ObserveDuration()
 	}
 	return nil
 }

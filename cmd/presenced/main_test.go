@@ -164,8 +164,11 @@ func TestZeroSetup(t *testing.T) {
 		`presenced_consumer_pending{partition=`,
 		`presenced_event_latency_seconds_count 1`,
 		`presenced_redeliveries_total 0`,
+		`presenced_batch_step_seconds_count{step="config"} 1`,
+		`presenced_batch_step_seconds_count{step="load"} 1`,
 		`presenced_batch_step_seconds_count{step="commit"} 1`,
 		`presenced_batch_step_seconds_count{step="publish"} 1`,
+		`presenced_batch_step_seconds_count{step="ack"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
