@@ -207,12 +207,22 @@ func TestUnpackWorkerBeforeCodes(t *testing.T) {
 	if !reflect.DeepEqual(a, want) {
 		t.Fatalf("got %+v\nwant %+v", a, want)
 	}
-	// Every reason presenced gives has a code of its own.
-	seen := map[string]bool{}
+}
+
+// TestWorkerCodes: every code is one upper-case letter of its own, which is
+// what tells a code from a value spelt out (reasons and actors are lower case).
+func TestWorkerCodes(t *testing.T) {
+	reasons := map[string]string{}
 	for r, c := range reasonCodes {
-		if seen[c] || len(c) != 1 || c[0] < 'A' || c[0] > 'Z' {
-			t.Errorf("reason %s: code %q", r, c)
+		reasons[string(r)] = c
+	}
+	for name, codes := range map[string]map[string]string{"reason": reasons, "actor": actorCodes} {
+		seen := map[string]bool{}
+		for v, c := range codes {
+			if seen[c] || len(c) != 1 || c[0] < 'A' || c[0] > 'Z' || strings.ToLower(v) != v {
+				t.Errorf("%s %q: code %q", name, v, c)
+			}
+			seen[c] = true
 		}
-		seen[c] = true
 	}
 }

@@ -380,11 +380,16 @@ func cgroupMemoryLimit() int64 {
 		if err != nil {
 			continue
 		}
-		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		if err != nil || n <= 0 || n >= 1<<60 {
-			return 0 // "max", or v1's page-rounded maximum
-		}
-		return n
+		return parseCgroupLimit(string(b))
 	}
 	return 0
+}
+
+// parseCgroupLimit reads a cgroup memory limit file's content; 0 for none.
+func parseCgroupLimit(s string) int64 {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 || n >= 1<<60 {
+		return 0 // "max", or v1's page-rounded maximum
+	}
+	return n
 }

@@ -144,3 +144,17 @@ func TestGCTuning(t *testing.T) {
 		})
 	}
 }
+
+func TestParseCgroupLimit(t *testing.T) {
+	for in, want := range map[string]int64{
+		"2147483648\n":          2 << 30, // v2 or v1 with a limit
+		"max\n":                 0,       // v2 without one
+		"9223372036854771712\n": 0,       // v1 without one
+		"":                      0,
+		"-1":                    0,
+	} {
+		if got := parseCgroupLimit(in); got != want {
+			t.Errorf("parseCgroupLimit(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
