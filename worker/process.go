@@ -67,29 +67,22 @@ func (w *Worker) decodeItem(it *item, seq uint64, stored time.Time) {
 	it.ev, it.rej = ev, rej
 }
 
-// configUpTo reads the configuration events stored after the last one this
+// configUpTo returns the configuration events stored after the last one this
 // partition handled and at or before upTo. Partition consumers filter on their own
 // subjects only (a second filter subject makes the server's next-message lookup far
-// costlier); configuration is rare, so each partition merges it in itself.
+// costlier); configuration is rare, so each partition merges it in itself, from
+// reads the worker's partitions share.
 func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error) {
 	w := pt.w
-	subject := w.names.Subjects.Config()
-	var out []item
-	for next := pt.rec.Config.Seq + 1; next <= upTo; {
-		raw, err := pt.input.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return nil, w.natsFailed("read_config", fmt.Errorf("read configuration after %d: %w", next-1, err))
-		}
-		if raw.Sequence > upTo {
-			break
-		}
-		it := item{subject: subject, config: true, header: raw.Header, data: raw.Data}
-		w.decodeItem(&it, raw.Sequence, raw.Time)
+	raw, err := w.configs.upTo(ctx, pt.input, pt.rec.Config.Seq+1, upTo)
+	if err != nil {
+		return nil, w.natsFailed("read_config", err)
+	}
+	out := make([]item, 0, len(raw))
+	for _, m := range raw {
+		it := item{subject: w.names.Subjects.Config(), config: true, header: m.Header, data: m.Data}
+		w.decodeItem(&it, m.Sequence, m.Time)
 		out = append(out, it)
-		next = raw.Sequence + 1
 	}
 	return out, nil
 }

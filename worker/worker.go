@@ -53,6 +53,7 @@ type Worker struct {
 	metrics  *metrics
 	hooks    Hooks
 	kv       jetstream.KeyValue
+	configs  *configReader
 	retrying atomic.Int32
 	started  atomic.Bool
 }
@@ -71,9 +72,10 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 		reg = prometheus.NewRegistry()
 	}
 	m := newMetrics(reg)
+	names := NamesFor(cfg.Prefix)
 	return &Worker{
 		cfg: cfg, nc: nc, js: js, store: observeStore(store, m.backendErrors), rules: handlers.Rules{Source: cfg.Source},
-		names: NamesFor(cfg.Prefix), log: cfg.Logger, metrics: m, hooks: hooks,
+		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: newConfigReader(names.Subjects.Config()),
 	}, nil
 }
 
@@ -168,7 +170,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		_ = w.kv.Delete(dctx, memberKey(w.cfg.InstanceID))
 		cancel()
-		w.log.Info("worker stopped", "instance", w.cfg.InstanceID)
+		w.log.Info("worker stopped", "instance", w.cfg.InstanceID, "config_reads", w.configs.reads)
 	}()
 
 	tick := time.NewTicker(w.cfg.LeaseTTL / 4)

@@ -1,0 +1,176 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// configReader answers the configuration lookups of a worker's partitions
+// together. A read of the configuration subject that starts after the message at
+// sequence S was stored proves which configuration events the stream holds up to
+// S, as sequences are given out in order. So one read answers every partition
+// that asked before it started, and what it found answers later questions up to
+// its highest S without asking the server again: at 16 partitions, one read
+// instead of sixteen, and many batches need none.
+type configReader struct {
+	subject string
+	// maxKept bounds found; the oldest are forgotten past it.
+	maxKept int
+
+	mu sync.Mutex
+	// Every configuration event with lo < seq <= hi is in found (ascending),
+	// when known.
+	known  bool
+	lo, hi uint64
+	found  []*jetstream.RawStreamMsg
+	// The demand of the questions waiting for the next read.
+	wantFrom, wantTo uint64
+	wanted           bool
+	// A read is running when done is not nil; done is closed when it ends.
+	done  chan struct{}
+	reads uint64 // reads made, for tests
+}
+
+func newConfigReader(subject string) *configReader {
+	return &configReader{subject: subject, maxKept: 256}
+}
+
+// covers reports whether the events of [from, upTo] are known.
+func (c *configReader) covers(from, upTo uint64) bool {
+	return c.known && c.lo < from && upTo <= c.hi
+}
+
+// between returns the known events of [from, upTo].
+func (c *configReader) between(from, upTo uint64) []*jetstream.RawStreamMsg {
+	var out []*jetstream.RawStreamMsg
+	for _, m := range c.found {
+		if m.Sequence >= from && m.Sequence <= upTo {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// upTo returns the configuration events stored at sequences from through upTo.
+// The caller must hold the message at upTo (or know it stored): that is what
+// makes a read started afterwards complete up to there. The messages are shared
+// between partitions: read them, never change them.
+func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, upTo uint64) ([]*jetstream.RawStreamMsg, error) {
+	if from > upTo {
+		return nil, nil
+	}
+	c.mu.Lock()
+	for {
+		if c.covers(from, upTo) {
+			out := c.between(from, upTo)
+			c.mu.Unlock()
+			return out, nil
+		}
+		// Asked before the next read starts, so that read answers it.
+		if !c.wanted {
+			c.wantFrom, c.wantTo, c.wanted = from, upTo, true
+		} else {
+			c.wantFrom, c.wantTo = min(c.wantFrom, from), max(c.wantTo, upTo)
+		}
+		if c.done == nil {
+			break
+		}
+		// A read is running: it answers the question if it started late
+		// enough; if not, or if it fails, the next read does (made by this
+		// caller if no other is first).
+		done := c.done
+		c.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("read configuration: %w", ctx.Err())
+		}
+		c.mu.Lock()
+	}
+	// No read running: this caller makes the next one, for every question asked.
+	wantFrom, wantTo := c.wantFrom, c.wantTo
+	c.wanted = false
+	done := make(chan struct{})
+	c.done = done
+	start := wantFrom
+	if c.known && c.lo < wantFrom {
+		start = c.hi + 1 // extend what is known
+	}
+	c.reads++
+	c.mu.Unlock()
+
+	var got []*jetstream.RawStreamMsg
+	top := wantTo
+	var err error
+	if start <= wantTo {
+		got, top, err = c.read(ctx, stream, start, wantTo)
+	}
+
+	c.mu.Lock()
+	c.done = nil
+	close(done)
+	if err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.learn(start, top, got)
+	// The caller's own question was part of the demand: it is covered now.
+	out := c.between(from, upTo)
+	c.trim()
+	c.mu.Unlock()
+	return out, nil
+}
+
+// read walks the configuration subject from start; it returns what it found and
+// the sequence up to which that is complete (at least upTo).
+func (c *configReader) read(ctx context.Context, stream jetstream.Stream, start, upTo uint64) ([]*jetstream.RawStreamMsg, uint64, error) {
+	var got []*jetstream.RawStreamMsg
+	for next := start; ; {
+		m, err := stream.GetMsg(ctx, next, jetstream.WithGetMsgSubject(c.subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return got, upTo, nil
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("read configuration after %d: %w", next-1, err)
+		}
+		got = append(got, m)
+		if m.Sequence >= upTo {
+			return got, m.Sequence, nil
+		}
+		next = m.Sequence + 1
+	}
+}
+
+// learn records that got holds every configuration event of [start, top].
+func (c *configReader) learn(start, top uint64, got []*jetstream.RawStreamMsg) {
+	switch {
+	case c.known && start == c.hi+1:
+		c.found = append(c.found, got...)
+		c.hi = max(c.hi, top)
+	case c.known && start-1 < c.lo && top >= c.lo:
+		// Read from further back, over what was known: the read holds all of it
+		// up to top, the older knowledge what lies past top.
+		var rest []*jetstream.RawStreamMsg
+		for _, m := range c.found {
+			if m.Sequence > top {
+				rest = append(rest, m)
+			}
+		}
+		c.found = append(got, rest...)
+		c.lo, c.hi = start-1, max(c.hi, top)
+	default:
+		c.found, c.lo, c.hi, c.known = got, start-1, top, true
+	}
+}
+
+// trim forgets the oldest events past maxKept.
+func (c *configReader) trim() {
+	if n := len(c.found) - c.maxKept; n > 0 {
+		c.lo = c.found[n-1].Sequence
+		c.found = append([]*jetstream.RawStreamMsg(nil), c.found[n:]...)
+	}
+}
