@@ -14,8 +14,7 @@ import (
 // sequence S was stored proves which configuration events the stream holds up to
 // S, as sequences are given out in order. So one read answers every partition
 // that asked before it started, and what it found answers later questions up to
-// its highest S without asking the server again: at 16 partitions, one read
-// instead of sixteen, and many batches need none.
+// its highest S without asking the server again.
 type configReader struct {
 	subject string
 	// maxKept bounds found; the oldest are forgotten past it.
@@ -32,7 +31,7 @@ type configReader struct {
 	wanted           bool
 	// A read is running when done is not nil; done is closed when it ends.
 	done  chan struct{}
-	reads uint64 // reads made, for tests
+	reads uint64 // reads made: logged when the worker stops, and tested
 }
 
 func newConfigReader(subject string) *configReader {
