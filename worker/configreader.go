@@ -26,9 +26,9 @@ type configReader struct {
 	known  bool
 	lo, hi uint64
 	found  []*jetstream.RawStreamMsg
-	// The demand of the questions waiting for the next read.
+	// The demand of the questions waiting for the next read; none when wantTo
+	// is 0 (stream sequences start at 1).
 	wantFrom, wantTo uint64
-	wanted           bool
 	// A read is running when done is not nil; done is closed when it ends.
 	done  chan struct{}
 	reads uint64 // reads made: logged when the worker stops, and tested
@@ -59,7 +59,7 @@ func (c *configReader) between(from, upTo uint64) []*jetstream.RawStreamMsg {
 // makes a read started afterwards complete up to there. The messages are shared
 // between partitions: read them, never change them.
 func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, upTo uint64) ([]*jetstream.RawStreamMsg, error) {
-	if from > upTo {
+	if from > upTo || upTo == 0 {
 		return nil, nil
 	}
 	c.mu.Lock()
@@ -70,8 +70,8 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 			return out, nil
 		}
 		// Asked before the next read starts, so that read answers it.
-		if !c.wanted {
-			c.wantFrom, c.wantTo, c.wanted = from, upTo, true
+		if c.wantTo == 0 {
+			c.wantFrom, c.wantTo = from, upTo
 		} else {
 			c.wantFrom, c.wantTo = min(c.wantFrom, from), max(c.wantTo, upTo)
 		}
@@ -92,7 +92,7 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 	}
 	// No read running: this caller makes the next one, for every question asked.
 	wantFrom, wantTo := c.wantFrom, c.wantTo
-	c.wanted = false
+	c.wantFrom, c.wantTo = 0, 0
 	done := make(chan struct{})
 	c.done = done
 	start := wantFrom
