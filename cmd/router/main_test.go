@@ -319,7 +319,15 @@ func TestEligibilityQuery(t *testing.T) {
 		}
 		m, err := w.nc.Request(w.subj.Eligible("chat"), nil, 2*time.Second)
 		if err != nil {
-			time.Sleep(50 * time.Millisecond) // the router is still starting
+			time.Sleep(50 * time.Millisecond) // the router is still subscribing
+			continue
+		}
+		if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+			// 503 until the router's snapshot is loaded; anything else is wrong.
+			if code != "503" {
+				t.Fatalf("eligibility query answered %s: %s", code, m.Header.Get("Nats-Service-Error"))
+			}
+			time.Sleep(50 * time.Millisecond)
 			continue
 		}
 		if err := json.Unmarshal(m.Data, &reply); err != nil {
