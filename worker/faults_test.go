@@ -223,3 +223,51 @@ func TestKilledMidLoad(t *testing.T) {
 	e.expectExactly(e.oracle())
 	e.expectNoDuplicates()
 }
+
+// TestPartitionConsumersLost: partition consumers deleted under a running
+// worker, and all of them lost with a NATS restart (their state is held in the
+// server's memory), are noticed; each partition is taken over again and every
+// later event is applied, its change published once.
+func TestPartitionConsumersLost(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startWorker()
+	agents := make([]string, 16) // over all four partitions
+	for i := range agents {
+		agents[i] = fmt.Sprintf("cl-%d", i)
+		e.publish(events.AgentLogin, agents[i], sess{})
+	}
+	for _, a := range agents {
+		e.waitVersion(a, 1)
+	}
+	ctx := context.Background()
+	stream, err := e.js.Stream(ctx, e.names.InputStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deleted int
+	for name := range stream.ConsumerNames(ctx).Name() {
+		if err := stream.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		deleted++
+	}
+	if deleted < 4 {
+		t.Fatalf("deleted %d consumers, want one per partition", deleted)
+	}
+	for _, a := range agents {
+		e.publish(events.AgentPresenceSet, a, events.PresenceSetData{PresenceID: "busy"})
+	}
+	for _, a := range agents {
+		expectStatus(t, e.waitVersion(a, 2), "busy", events.ReasonManual, true)
+	}
+
+	e.nats.Restart()
+	for _, a := range agents {
+		e.publish(events.AgentPresenceSet, a, events.PresenceSetData{PresenceID: "away"})
+	}
+	for _, a := range agents {
+		expectStatus(t, e.waitVersion(a, 3), "away", events.ReasonManual, true)
+	}
+	e.expectNoDuplicates()
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/presenced/presenced/handlers"
@@ -236,6 +237,12 @@ func (pt *partition) takeOver(ctx context.Context) error {
 		info := c.CachedInfo()
 		newest, floor, delivered = rv, info.AckFloor.Stream, info.Delivered.Stream
 	}
+	if len(old) == 0 && pt.rec.Marker != "" {
+		// An owner ran, but its consumer is gone (held in the server's memory, it
+		// does not survive a restart): what it was given is not known, so every
+		// input stored so far may have been published.
+		delivered = stream.CachedInfo().State.LastSeq
+	}
 	floor = max(floor, pt.rec.Seq)
 	pt.floor, pt.uncertainUpTo = floor, delivered
 	if err := pt.replay(ctx, pt.rec.Seq, floor); err != nil {
@@ -258,6 +265,11 @@ func (pt *partition) takeOver(ctx context.Context) error {
 		MaxDeliver:        -1,
 		InactiveThreshold: 24 * time.Hour,
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		// Its state in memory, not in a file the server rewrites ten times a
+		// second per consumer: a consumer lost with a server restart is noticed
+		// by run, and the next owner starts from the partition's checkpoint, whose
+		// inputs the agents' sequences recognise.
+		MemoryStorage: true,
 	}
 	if floor > 0 {
 		cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
@@ -287,9 +299,18 @@ func (pt *partition) takeOver(ctx context.Context) error {
 func (pt *partition) run(ctx context.Context) error {
 	w := pt.w
 	msgs := make(chan jetstream.Msg, w.cfg.BatchSize)
+	// A pull that finds no consumer (deleted, or gone with a server restart)
+	// makes the partition check whether its consumer still exists.
+	suspect := make(chan struct{}, 1)
 	cc, err := pt.cons.Consume(func(m jetstream.Msg) { msgs <- m },
 		jetstream.PullMaxMessages(w.cfg.BatchSize),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrNoResponders) {
+				select {
+				case suspect <- struct{}{}:
+				default:
+				}
+			}
 			if !errors.Is(err, jetstream.ErrNoHeartbeat) {
 				pt.log.Debug("consume", "err", err)
 			}
@@ -316,6 +337,11 @@ func (pt *partition) run(ctx context.Context) error {
 			return nil
 		case <-sweep.C:
 			if err := pt.idle(ctx, msgs, &lastCheck); err != nil {
+				return err
+			}
+			continue
+		case <-suspect:
+			if err := pt.consumerExists(ctx); err != nil {
 				return err
 			}
 			continue
@@ -350,6 +376,24 @@ func (pt *partition) run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// errConsumerLost stops a partition whose consumer no longer exists; the
+// takeover that follows creates another from the partition's checkpoint.
+var errConsumerLost = errors.New("the partition's consumer no longer exists")
+
+// consumerExists returns errConsumerLost when the server says the consumer is
+// gone; any other answer (a server still starting, a leader being elected)
+// leaves the partition to its consumer's own retries.
+func (pt *partition) consumerExists(ctx context.Context) error {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := pt.cons.Info(ictx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		pt.log.Warn("partition consumer lost: taking the partition over again")
+		return errConsumerLost
+	}
+	return nil
 }
 
 // errLostDelivery stops a partition whose consumer skipped a message on its way
