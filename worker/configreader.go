@@ -2,10 +2,13 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -15,8 +18,18 @@ import (
 // S, as sequences are given out in order. So one read answers every partition
 // that asked before it started, and what it found answers later questions up to
 // its highest S without asking the server again.
+//
+// Where the stream answers direct gets, a read first asks for the last message
+// of the configuration subject (a multi-subject direct get, nats-server 2.11 or
+// newer), whose reply names the stream's last sequence at the time it was read:
+// when no configuration event came after what is known, that proves the whole
+// stream up to there, not only up to the questions asked, so the questions that
+// follow are mostly answered without a read.
 type configReader struct {
 	subject string
+	// nc and api make the multi-subject direct gets; nc nil: never.
+	nc  *nats.Conn
+	api string
 	// maxKept bounds found; the oldest are forgotten past it.
 	maxKept int
 
@@ -27,15 +40,21 @@ type configReader struct {
 	lo, hi uint64
 	found  []*jetstream.RawStreamMsg
 	// The demand of the questions waiting for the next read; none when wantTo
-	// is 0 (stream sequences start at 1).
+	// is 0 (stream sequences start at 1). anchor is a stored subject known to
+	// have a message at or before wantTo, so that a multi-subject get always
+	// finds one and names the stream's last sequence.
 	wantFrom, wantTo uint64
+	anchor           string
+	// noMulti is set once the server refused a multi-subject get (older than
+	// 2.11): it is not asked again.
+	noMulti bool
 	// A read is running when done is not nil; done is closed when it ends.
 	done  chan struct{}
 	reads uint64 // reads made: logged when the worker stops, and tested
 }
 
-func newConfigReader(subject string) *configReader {
-	return &configReader{subject: subject, maxKept: 256}
+func newConfigReader(subject string, nc *nats.Conn) *configReader {
+	return &configReader{subject: subject, nc: nc, api: jetstream.DefaultAPIPrefix, maxKept: 256}
 }
 
 // covers reports whether the events of [from, upTo] are known.
@@ -56,9 +75,10 @@ func (c *configReader) between(from, upTo uint64) []*jetstream.RawStreamMsg {
 
 // upTo returns the configuration events stored at sequences from through upTo.
 // The caller must hold the message at upTo (or know it stored): that is what
-// makes a read started afterwards complete up to there. The messages are shared
-// between partitions: read them, never change them.
-func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, upTo uint64) ([]*jetstream.RawStreamMsg, error) {
+// makes a read started afterwards complete up to there; anchor is the stored
+// subject of a message it holds, or "". The messages are shared between
+// partitions: read them, never change them.
+func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, upTo uint64, anchor string) ([]*jetstream.RawStreamMsg, error) {
 	if from > upTo || upTo == 0 {
 		return nil, nil
 	}
@@ -74,6 +94,9 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 			c.wantFrom, c.wantTo = from, upTo
 		} else {
 			c.wantFrom, c.wantTo = min(c.wantFrom, from), max(c.wantTo, upTo)
+		}
+		if anchor != "" {
+			c.anchor = anchor
 		}
 		if c.done == nil {
 			break
@@ -91,8 +114,9 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 		c.mu.Lock()
 	}
 	// No read running: this caller makes the next one, for every question asked.
-	wantFrom, wantTo := c.wantFrom, c.wantTo
-	c.wantFrom, c.wantTo = 0, 0
+	wantFrom, wantTo, anchor := c.wantFrom, c.wantTo, c.anchor
+	c.wantFrom, c.wantTo, c.anchor = 0, 0, ""
+	multi := c.nc != nil && !c.noMulti && stream.CachedInfo().Config.AllowDirect
 	done := make(chan struct{})
 	c.done = done
 	start := wantFrom
@@ -106,7 +130,12 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 	top := wantTo
 	var err error
 	if start <= wantTo {
-		got, top, err = c.read(ctx, stream, start, wantTo)
+		if multi {
+			got, top, multi, err = c.readMulti(ctx, stream, start, wantTo, anchor)
+		}
+		if !multi && err == nil {
+			got, top, err = c.read(ctx, stream, start, wantTo)
+		}
 	}
 
 	c.mu.Lock()
@@ -142,6 +171,85 @@ func (c *configReader) read(ctx context.Context, stream jetstream.Stream, start,
 		}
 		next = m.Sequence + 1
 	}
+}
+
+// readMulti reads like read, but asks first for the configuration subject's last
+// message and the stream's last sequence; it returns false when the server
+// cannot answer that way, and read is to be used.
+func (c *configReader) readMulti(ctx context.Context, stream jetstream.Stream, start, upTo uint64, anchor string) ([]*jetstream.RawStreamMsg, uint64, bool, error) {
+	last, streamLast, ok, err := c.lastConfig(ctx, stream.CachedInfo().Config.Name, anchor)
+	if err != nil || !ok {
+		return nil, 0, ok, err
+	}
+	if streamLast < upTo {
+		// The stream holds less than a message the caller holds: it was
+		// replaced. A partition takeover starts over from the new stream.
+		return nil, 0, true, fmt.Errorf("read configuration: the input stream ends at %d, before %d", streamLast, upTo)
+	}
+	if last < start {
+		return nil, streamLast, true, nil
+	}
+	got, _, err := c.read(ctx, stream, start, last)
+	return got, streamLast, true, err
+}
+
+// lastConfig returns the sequence of the configuration subject's last message
+// (0: none) and the stream's last sequence when it was read; false when the
+// server gave no such answer (too old for multi-subject gets, or no message
+// under either subject).
+func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (uint64, uint64, bool, error) {
+	filters := []string{c.subject}
+	if anchor != "" && anchor != c.subject {
+		filters = append(filters, anchor)
+	}
+	req, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+	}{filters})
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
+	}
+	inbox := c.nc.NewInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := c.nc.PublishRequest(c.api+"DIRECT.GET."+stream, inbox, req); err != nil {
+		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
+	}
+	var last uint64
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return 0, 0, false, fmt.Errorf("read configuration: %w", err)
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "":
+			if m.Header.Get(jetstream.SubjectHeader) == c.subject {
+				if last, err = strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64); err != nil {
+					return 0, 0, false, fmt.Errorf("read configuration: sequence: %w", err)
+				}
+			}
+		case "204": // end of the batch
+			upTo, err := strconv.ParseUint(m.Header.Get("Nats-UpTo-Sequence"), 10, 64)
+			if err != nil {
+				c.refuseMulti()
+				return 0, 0, false, nil
+			}
+			return last, upTo, true, nil
+		case "404": // neither subject has a message
+			return 0, 0, false, nil
+		default:
+			c.refuseMulti()
+			return 0, 0, false, nil
+		}
+	}
+}
+
+func (c *configReader) refuseMulti() {
+	c.mu.Lock()
+	c.noMulti = true
+	c.mu.Unlock()
 }
 
 // learn records that got holds every configuration event of [start, top].

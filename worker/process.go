@@ -72,9 +72,9 @@ func (w *Worker) decodeItem(it *item, seq uint64, stored time.Time) {
 // subjects only (a second filter subject makes the server's next-message lookup far
 // costlier); configuration is rare, so each partition merges it in itself, from
 // reads the worker's partitions share.
-func (pt *partition) configUpTo(ctx context.Context, upTo uint64) ([]item, error) {
+func (pt *partition) configUpTo(ctx context.Context, upTo uint64, anchor string) ([]item, error) {
 	w := pt.w
-	raw, err := w.configs.upTo(ctx, pt.input, pt.rec.Config.Seq+1, upTo)
+	raw, err := w.configs.upTo(ctx, pt.input, pt.rec.Config.Seq+1, upTo, anchor)
 	if err != nil {
 		return nil, w.natsFailed("read_config", err)
 	}
@@ -117,7 +117,11 @@ func (pt *partition) handle(ctx context.Context, own []item, upTo uint64) (err e
 	items := own
 	if !pt.replaying {
 		timer := prometheus.NewTimer(pt.w.metrics.stepConfig)
-		config, err := pt.configUpTo(ctx, upTo)
+		anchor := ""
+		if n := len(own); n > 0 && own[n-1].msg != nil {
+			anchor = own[n-1].msg.Subject() // stored, so the stream has it
+		}
+		config, err := pt.configUpTo(ctx, upTo, anchor)
 		if err != nil {
 			return err
 		}

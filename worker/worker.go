@@ -75,7 +75,7 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	names := NamesFor(cfg.Prefix)
 	return &Worker{
 		cfg: cfg, nc: nc, js: js, store: observeStore(store, m.backendErrors), rules: handlers.Rules{Source: cfg.Source},
-		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: newConfigReader(names.Subjects.Config()),
+		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: newConfigReader(names.Subjects.Config(), nc),
 	}, nil
 }
 
