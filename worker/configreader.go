@@ -195,8 +195,8 @@ func (c *configReader) readMulti(ctx context.Context, stream jetstream.Stream, s
 
 // lastConfig returns the sequence of the configuration subject's last message
 // (0: none) and the stream's last sequence when it was read; false when the
-// server gave no such answer (too old for multi-subject gets, or no message
-// under either subject).
+// server gave no such answer (too old for multi-subject gets, no message under
+// either subject, or an answer it does not document).
 func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (uint64, uint64, bool, error) {
 	filters := []string{c.subject}
 	if anchor != "" && anchor != c.subject {
@@ -237,10 +237,13 @@ func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (u
 				return 0, 0, false, nil
 			}
 			return last, upTo, true, nil
-		case "404": // neither subject has a message
-			return 0, 0, false, nil
-		default:
+		case "400", "408":
+			// A server older than 2.11 reads no multi_last: an empty request.
 			c.refuseMulti()
+			return 0, 0, false, nil
+		case "503": // no responders: the stream is not there right now
+			return 0, 0, false, fmt.Errorf("read configuration: %w", nats.ErrNoResponders)
+		default: // 404: neither subject has a message; anything else: read the subject
 			return 0, 0, false, nil
 		}
 	}
