@@ -652,6 +652,10 @@ func (pt *partition) unpublished(ctx context.Context, id string, out []state.Out
 	return out, nil
 }
 
+// publishStallWait bounds how long a publish waits for acknowledgements to
+// make room before the batch fails and is retried.
+const publishStallWait = 10 * time.Second
+
 // publishAll publishes msgs and waits for every acknowledgement; it returns the
 // highest stream sequence they got. On a failure the caller retries; JetStream
 // drops the copies that already made it by their Nats-Msg-Id.
@@ -661,7 +665,10 @@ func (w *Worker) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, erro
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
-		f, err := w.js.PublishMsgAsync(m)
+		// Past the limit of acknowledgements outstanding the publish waits for
+		// room (a checkpoint publishes a copy per changed agent at once): a
+		// wait is flow control, not a failure, until acknowledgements stop.
+		f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(publishStallWait))
 		if err != nil {
 			return 0, w.natsFailed("publish", fmt.Errorf("publish %s: %w", m.Subject, err))
 		}
