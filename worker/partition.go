@@ -240,8 +240,15 @@ func (pt *partition) takeOver(ctx context.Context) error {
 	if len(old) == 0 && pt.rec.Marker != "" {
 		// An owner ran, but its consumer is gone (held in the server's memory, it
 		// does not survive a restart): what it was given is not known, so every
-		// input stored so far may have been published.
-		delivered = stream.CachedInfo().State.LastSeq
+		// input stored so far may have had its changes published, unless none
+		// ever was (each agent found uncertain costs a read of its last status).
+		status, err := w.js.Stream(ctx, w.names.StatusStream())
+		if err != nil {
+			return fmt.Errorf("status stream: %w", err)
+		}
+		if status.CachedInfo().State.Msgs > 0 {
+			delivered = stream.CachedInfo().State.LastSeq
+		}
 	}
 	floor = max(floor, pt.rec.Seq)
 	pt.floor, pt.uncertainUpTo = floor, delivered
