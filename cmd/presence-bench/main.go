@@ -397,6 +397,16 @@ func (b *bench) reset(ctx context.Context) error {
 			return fmt.Errorf("delete consumer %s: %w", name, err)
 		}
 	}
+	// Nor the durable partition records of the partitions it took over: with
+	// Redis flushed they would make the measured worker rebuild, and treat
+	// every input as possibly published by an owner whose consumer is gone.
+	st, err := b.js.Stream(ctx, names.StateStream())
+	if err != nil {
+		return fmt.Errorf("state stream: %w", err)
+	}
+	if err := st.Purge(ctx); err != nil {
+		return fmt.Errorf("purge state stream: %w", err)
+	}
 	return b.rc.FlushAll(ctx).Err()
 }
 
