@@ -2,10 +2,8 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 
 	"github.com/nats-io/nats.go"
@@ -202,51 +200,27 @@ func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (u
 	if anchor != "" && anchor != c.subject {
 		filters = append(filters, anchor)
 	}
-	req, err := json.Marshal(struct {
-		MultiLast []string `json:"multi_last"`
-	}{filters})
-	if err != nil {
-		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
-	}
-	inbox := c.nc.NewInbox()
-	sub, err := c.nc.SubscribeSync(inbox)
-	if err != nil {
-		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := c.nc.PublishRequest(c.api+"DIRECT.GET."+stream, inbox, req); err != nil {
-		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
-	}
 	var last uint64
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return 0, 0, false, fmt.Errorf("read configuration: %w", err)
+	upTo, ok, err := lastMessages(ctx, c.nc, c.api, stream, filters, func(m *nats.Msg) error {
+		if m.Header.Get(jetstream.SubjectHeader) != c.subject {
+			return nil
 		}
-		switch status := m.Header.Get("Status"); status {
-		case "":
-			if m.Header.Get(jetstream.SubjectHeader) == c.subject {
-				if last, err = strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64); err != nil {
-					return 0, 0, false, fmt.Errorf("read configuration: sequence: %w", err)
-				}
-			}
-		case "204": // end of the batch
-			upTo, err := strconv.ParseUint(m.Header.Get("Nats-UpTo-Sequence"), 10, 64)
-			if err != nil {
-				c.refuseMulti()
-				return 0, 0, false, nil
-			}
-			return last, upTo, true, nil
-		case "400", "408":
-			// A server older than 2.11 reads no multi_last: an empty request.
-			c.refuseMulti()
-			return 0, 0, false, nil
-		case "503": // no responders: the stream is not there right now
-			return 0, 0, false, fmt.Errorf("read configuration: %w", nats.ErrNoResponders)
-		default: // 404: neither subject has a message; anything else: read the subject
-			return 0, 0, false, nil
-		}
+		var err error
+		last, err = messageSeq(m)
+		return err
+	})
+	switch {
+	case errors.Is(err, errNoMultiLast):
+		c.refuseMulti()
+		return 0, 0, false, nil
+	case errors.Is(err, nats.ErrNoResponders): // the stream is not there right now
+		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
+	case err != nil && ctx.Err() != nil:
+		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
+	case err != nil || !ok:
+		return 0, 0, false, nil // read the subject instead
 	}
+	return last, upTo, true, nil
 }
 
 func (c *configReader) refuseMulti() {
