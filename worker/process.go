@@ -570,12 +570,25 @@ func (pt *partition) published(id string) {
 func (pt *partition) publish(ctx context.Context, s *step) error {
 	w := pt.w
 	waves := [][]*nats.Msg{s.rejected}
+	var uncertain []string
+	for _, id := range s.order {
+		if e := pt.agents[id]; e != nil && e.uncertain && len(s.out[id]) > 0 {
+			uncertain = append(uncertain, id)
+		}
+	}
+	published, err := pt.lastVersions(ctx, uncertain)
+	if err != nil {
+		return err
+	}
 	for _, id := range s.order {
 		out := s.out[id]
 		e := pt.agents[id]
 		if e != nil && e.uncertain {
-			var err error
-			if out, err = pt.unpublished(ctx, id, out); err != nil {
+			if v, ok := published[id]; ok {
+				for len(out) > 0 && out[0].Status.Version <= v {
+					out = out[1:]
+				}
+			} else if out, err = pt.unpublished(ctx, id, out); err != nil {
 				return err
 			}
 		}
@@ -620,6 +633,52 @@ func (pt *partition) publish(ctx context.Context, s *step) error {
 		}
 	}
 	return nil
+}
+
+// lastVersions returns the version of each agent's last published status (0:
+// none), from one multi-subject direct get per thousand agents; agents missing
+// from the answer (a server too old to give one) are to be read one at a time.
+// After a takeover every agent a lost consumer may have seen is uncertain, and
+// a read each, one after the other, would hold a batch up for as many round
+// trips.
+func (pt *partition) lastVersions(ctx context.Context, ids []string) (map[string]uint64, error) {
+	w := pt.w
+	if len(ids) == 0 || w.noMultiStatus.Load() {
+		return nil, nil
+	}
+	out := make(map[string]uint64, len(ids))
+	for start := 0; start < len(ids); start += multiLastMax {
+		chunk := ids[start:min(start+multiLastMax, len(ids))]
+		bySubject := make(map[string]string, len(chunk))
+		subjects := make([]string, len(chunk))
+		for i, id := range chunk {
+			subjects[i] = w.names.Subjects.Status(id)
+			bySubject[subjects[i]] = id
+			out[id] = 0
+		}
+		_, _, err := lastMessages(ctx, w.nc, jetstream.DefaultAPIPrefix, w.names.StatusStream(), subjects, func(m *nats.Msg) error {
+			id, ok := bySubject[m.Header.Get(jetstream.SubjectHeader)]
+			if !ok {
+				return nil
+			}
+			var last struct {
+				Version uint64 `json:"version"`
+			}
+			if err := json.Unmarshal(m.Data, &last); err != nil {
+				return fmt.Errorf("last status of %s: %w", id, err)
+			}
+			out[id] = last.Version
+			return nil
+		})
+		if errors.Is(err, errNoMultiLast) {
+			w.noMultiStatus.Store(true)
+			return nil, nil
+		}
+		if err != nil {
+			return nil, w.natsFailed("read_status", fmt.Errorf("last statuses: %w", err))
+		}
+	}
+	return out, nil
 }
 
 // unpublished drops the changes the status stream already holds: after a

@@ -1,0 +1,55 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/state"
+)
+
+// TestLastVersions: the last published version of each agent, from
+// multi-subject direct gets over more agents than one request names, is what
+// the status stream holds, 0 for an agent with no status; a wrong reading would
+// republish changes that are out, or skip ones that are not.
+func TestLastVersions(t *testing.T) {
+	t.Parallel()
+	js, cfg, names := streamsSetup(t)
+	ctx := context.Background()
+	if _, err := ensureStreams(ctx, js, cfg, names); err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(js.Conn(), state.NewMemory(), cfg, nil, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{}
+	var ids []string
+	for i := range multiLastMax + 5 {
+		id := fmt.Sprintf("lv-%d", i)
+		ids = append(ids, id)
+		want[id] = uint64(i % 4) // 0: never published
+		for v := uint64(1); v <= want[id]; v++ {
+			st := events.StatusChanged{AgentID: id, Version: v, PresenceID: "available", BaseStatus: events.Available}
+			m := names.Subjects.StatusMsg(cfg.Source, fmt.Sprintf("%s-%d", id, v), st, events.MarshalStatus(&st))
+			if _, err := js.PublishMsgAsync(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	<-js.PublishAsyncComplete()
+	pt := newPartition(w, 0, 1)
+	got, err := pt.lastVersions(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if v, ok := got[id]; !ok || v != want[id] {
+			t.Errorf("%s: got %d (%v), want %d", id, v, ok, want[id])
+		}
+	}
+	if w.noMultiStatus.Load() {
+		t.Error("multi-subject gets refused by a current server")
+	}
+}
