@@ -25,9 +25,8 @@ import (
 // follow are mostly answered without a read.
 type configReader struct {
 	subject string
-	// nc and api make the multi-subject direct gets; nc nil: never.
-	nc  *nats.Conn
-	api string
+	// gets makes the multi-subject direct gets; nil: never.
+	gets *directGets
 	// maxKept bounds found; the oldest are forgotten past it.
 	maxKept int
 
@@ -51,8 +50,8 @@ type configReader struct {
 	reads uint64 // reads made: logged when the worker stops, and tested
 }
 
-func newConfigReader(subject string, nc *nats.Conn) *configReader {
-	return &configReader{subject: subject, nc: nc, api: jetstream.DefaultAPIPrefix, maxKept: 256}
+func newConfigReader(subject string, gets *directGets) *configReader {
+	return &configReader{subject: subject, gets: gets, maxKept: 256}
 }
 
 // covers reports whether the events of [from, upTo] are known.
@@ -114,7 +113,7 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 	// No read running: this caller makes the next one, for every question asked.
 	wantFrom, wantTo, anchor := c.wantFrom, c.wantTo, c.anchor
 	c.wantFrom, c.wantTo, c.anchor = 0, 0, ""
-	multi := c.nc != nil && !c.noMulti && stream.CachedInfo().Config.AllowDirect
+	multi := c.gets != nil && !c.noMulti && stream.CachedInfo().Config.AllowDirect
 	done := make(chan struct{})
 	c.done = done
 	start := wantFrom
@@ -201,7 +200,7 @@ func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (u
 		filters = append(filters, anchor)
 	}
 	var last uint64
-	upTo, ok, err := lastMessages(ctx, c.nc, c.api, stream, filters, func(m *nats.Msg) error {
+	upTo, ok, err := c.gets.lastMessages(ctx, stream, filters, func(m *nats.Msg) error {
 		if m.Header.Get(jetstream.SubjectHeader) != c.subject {
 			return nil
 		}

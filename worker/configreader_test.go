@@ -78,7 +78,7 @@ func testConfigReader(t *testing.T, direct bool) {
 	}
 
 	last := publish(200)
-	c := newConfigReader(subject, nc)
+	c := newConfigReader(subject, newDirectGets(nc))
 	c.maxKept = 8 // so that old ranges are forgotten and read again
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
@@ -126,7 +126,7 @@ func testConfigReader(t *testing.T, direct bool) {
 	// A read that asked only about the first messages proves the whole stream
 	// where the server names its last sequence, and only the range asked where
 	// it does not.
-	fresh := newConfigReader(subject, nc)
+	fresh := newConfigReader(subject, newDirectGets(nc))
 	if err := check(fresh, 1, 5); err != nil {
 		t.Fatal(err)
 	}

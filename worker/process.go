@@ -656,7 +656,7 @@ func (pt *partition) lastVersions(ctx context.Context, ids []string) (map[string
 			bySubject[subjects[i]] = id
 			out[id] = 0
 		}
-		_, _, err := lastMessages(ctx, w.nc, jetstream.DefaultAPIPrefix, w.names.StatusStream(), subjects, func(m *nats.Msg) error {
+		_, _, err := w.gets.lastMessages(ctx, w.names.StatusStream(), subjects, func(m *nats.Msg) error {
 			id, ok := bySubject[m.Header.Get(jetstream.SubjectHeader)]
 			if !ok {
 				return nil

@@ -54,6 +54,7 @@ type Worker struct {
 	hooks    Hooks
 	kv       jetstream.KeyValue
 	configs  *configReader
+	gets     *directGets
 	retrying atomic.Int32
 	started  atomic.Bool
 	// noMultiStatus is set once the server refused a multi-subject get of
@@ -80,9 +81,10 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	}
 	m := newMetrics(reg)
 	names := NamesFor(cfg.Prefix)
+	gets := newDirectGets(nc)
 	return &Worker{
 		cfg: cfg, nc: nc, js: js, store: observeStore(store, m.backendErrors), rules: handlers.Rules{Source: cfg.Source},
-		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: newConfigReader(names.Subjects.Config(), nc),
+		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: newConfigReader(names.Subjects.Config(), gets), gets: gets,
 	}, nil
 }
 
