@@ -247,7 +247,13 @@ func (pt *partition) takeOver(ctx context.Context) error {
 			return fmt.Errorf("status stream: %w", err)
 		}
 		if status.CachedInfo().State.Msgs > 0 {
-			delivered = stream.CachedInfo().State.LastSeq
+			// Read now, after the consumers were listed: whatever the lost one
+			// delivered is stored by now.
+			info, err := stream.Info(ctx)
+			if err != nil {
+				return fmt.Errorf("input stream: %w", err)
+			}
+			delivered = info.State.LastSeq
 		}
 	}
 	floor = max(floor, pt.rec.Seq)
@@ -306,15 +312,16 @@ func (pt *partition) takeOver(ctx context.Context) error {
 func (pt *partition) run(ctx context.Context) error {
 	w := pt.w
 	msgs := make(chan jetstream.Msg, w.cfg.BatchSize)
-	// A pull that finds no consumer (deleted, or gone with a server restart)
-	// makes the partition check whether its consumer still exists.
-	suspect := make(chan struct{}, 1)
+	// A pull that finds no consumer (gone with a server restart) makes the
+	// partition check whether its consumer still exists; one deleted ends the
+	// consumption for good, and the partition with it.
+	suspect := make(chan error, 1)
 	cc, err := pt.cons.Consume(func(m jetstream.Msg) { msgs <- m },
 		jetstream.PullMaxMessages(w.cfg.BatchSize),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrNoResponders) {
 				select {
-				case suspect <- struct{}{}:
+				case suspect <- err:
 				default:
 				}
 			}
@@ -347,7 +354,11 @@ func (pt *partition) run(ctx context.Context) error {
 				return err
 			}
 			continue
-		case <-suspect:
+		case err := <-suspect:
+			if errors.Is(err, jetstream.ErrConsumerDeleted) {
+				pt.log.Warn("partition consumer deleted: taking the partition over again")
+				return errConsumerLost
+			}
 			if err := pt.consumerExists(ctx); err != nil {
 				return err
 			}
@@ -440,6 +451,11 @@ func (pt *partition) idle(ctx context.Context, buffered chan jetstream.Msg, last
 		if err := pt.verifyStore(tctx); errors.Is(err, errStoreChanged) {
 			return err
 		}
+		// Also when the pulls said nothing, or the check they asked for could
+		// not tell (a server slow to answer).
+		if err := pt.consumerExists(tctx); err != nil {
+			return err
+		}
 	}
 	if err := pt.sweep(tctx); err != nil && ctx.Err() == nil {
 		pt.log.Warn("sweep", "err", err)
@@ -514,7 +530,7 @@ func (pt *partition) retry(ctx context.Context, what string, items []item, f fun
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		err := f(hctx)
 		cancel()
-		if err == nil || errors.Is(err, errStoreChanged) {
+		if err == nil || errors.Is(err, errStoreChanged) || errors.Is(err, errConsumerLost) {
 			if attempt > 0 {
 				w.retrying.Add(-1)
 				if err == nil {
