@@ -180,8 +180,9 @@ func (c *configReader) readMulti(ctx context.Context, stream jetstream.Stream, s
 	}
 	if streamLast < upTo {
 		// The stream holds less than a message the caller holds: it was
-		// replaced. A partition takeover starts over from the new stream.
-		return nil, 0, true, fmt.Errorf("read configuration: the input stream ends at %d, before %d", streamLast, upTo)
+		// replaced, and the partition's consumer with it. The partition is
+		// taken over again, from the new stream.
+		return nil, 0, true, fmt.Errorf("read configuration: the input stream ends at %d, before %d: %w", streamLast, upTo, errConsumerLost)
 	}
 	if last < start {
 		return nil, streamLast, true, nil
@@ -201,7 +202,7 @@ func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (u
 	}
 	var last uint64
 	upTo, ok, err := c.gets.lastMessages(ctx, stream, filters, func(m *nats.Msg) error {
-		if m.Header.Get(jetstream.SubjectHeader) != c.subject {
+		if lastHeader(m, jetstream.SubjectHeader) != c.subject {
 			return nil
 		}
 		var err error

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,6 +16,14 @@ import (
 // errNoMultiLast is returned by lastMessages from a server that reads no
 // multi_last (older than 2.11: the request looks empty to it).
 var errNoMultiLast = errors.New("the server answers no multi-subject direct gets")
+
+// errPartialAnswer is returned by lastMessages for an answer the server cut
+// short (its byte limit, or a message it could not load).
+var errPartialAnswer = errors.New("the direct get's answer is incomplete")
+
+// perRequest bounds the wait for one answer: a reply lost in a reconnect is
+// then asked again by the retry, instead of holding every waiting partition.
+const perRequest = 5 * time.Second
 
 // multiLastMax is how many subjects one request names: the server answers at
 // most 1 024 messages per request.
@@ -97,6 +106,9 @@ func (g *directGets) lastMessages(ctx context.Context, stream string, subjects [
 		return 0, false, err
 	}
 	defer done()
+	ctx, cancel := context.WithTimeout(ctx, perRequest)
+	defer cancel()
+	got := 0
 	if err := g.nc.PublishRequest(g.api+"DIRECT.GET."+stream, reply, req); err != nil {
 		return 0, false, err
 	}
@@ -109,6 +121,7 @@ func (g *directGets) lastMessages(ctx context.Context, stream string, subjects [
 		}
 		switch status := m.Header.Get("Status"); status {
 		case "":
+			got++
 			if err := fn(m); err != nil {
 				return 0, false, err
 			}
@@ -117,8 +130,14 @@ func (g *directGets) lastMessages(ctx context.Context, stream string, subjects [
 			if err != nil {
 				return 0, false, errNoMultiLast
 			}
+			if np := m.Header.Get("Nats-Num-Pending"); np != "" && np != "0" {
+				return 0, false, errPartialAnswer // stopped at the server's byte limit
+			}
 			return upTo, true, nil
 		case "404":
+			if got > 0 { // a message that failed to load after others went out
+				return 0, false, errPartialAnswer
+			}
 			return 0, false, nil
 		case "400", "408":
 			return 0, false, errNoMultiLast
@@ -130,9 +149,20 @@ func (g *directGets) lastMessages(ctx context.Context, stream string, subjects [
 	}
 }
 
+// lastHeader is the last value of a header: the server appends its own
+// Nats-Subject and Nats-Sequence after the headers the message was stored
+// with, which may hold the same names.
+func lastHeader(m *nats.Msg, key string) string {
+	v := m.Header.Values(key)
+	if len(v) == 0 {
+		return ""
+	}
+	return v[len(v)-1]
+}
+
 // messageSeq is the stream sequence of a direct get's answer.
 func messageSeq(m *nats.Msg) (uint64, error) {
-	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	seq, err := strconv.ParseUint(lastHeader(m, jetstream.SequenceHeader), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("direct get: sequence: %w", err)
 	}

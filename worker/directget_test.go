@@ -5,14 +5,17 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/presenced/presenced/events"
 	"github.com/presenced/presenced/state"
 )
 
 // TestLastVersions: the last published version of each agent, from
 // multi-subject direct gets over more agents than one request names, is what
-// the status stream holds, 0 for an agent with no status; a wrong reading would
-// republish changes that are out, or skip ones that are not.
+// the status stream holds, 0 for an agent with no status, also for a message
+// stored with a header of the name the server answers with; a wrong reading
+// would republish changes that are out, or skip ones that are not.
 func TestLastVersions(t *testing.T) {
 	t.Parallel()
 	js, cfg, names := streamsSetup(t)
@@ -33,6 +36,11 @@ func TestLastVersions(t *testing.T) {
 		for v := uint64(1); v <= want[id]; v++ {
 			st := events.StatusChanged{AgentID: id, Version: v, PresenceID: "available", BaseStatus: events.Available}
 			m := names.Subjects.StatusMsg(cfg.Source, fmt.Sprintf("%s-%d", id, v), st, events.MarshalStatus(&st))
+			if i == 7 {
+				// A header of the server's own name, stored with the message:
+				// the server's value comes after it.
+				m.Header.Set(jetstream.SubjectHeader, "not.the.subject")
+			}
 			if _, err := js.PublishMsgAsync(m); err != nil {
 				t.Fatal(err)
 			}

@@ -657,7 +657,7 @@ func (pt *partition) lastVersions(ctx context.Context, ids []string) (map[string
 			out[id] = 0
 		}
 		_, _, err := w.gets.lastMessages(ctx, w.names.StatusStream(), subjects, func(m *nats.Msg) error {
-			id, ok := bySubject[m.Header.Get(jetstream.SubjectHeader)]
+			id, ok := bySubject[lastHeader(m, jetstream.SubjectHeader)]
 			if !ok {
 				return nil
 			}
@@ -673,6 +673,9 @@ func (pt *partition) lastVersions(ctx context.Context, ids []string) (map[string
 		if errors.Is(err, errNoMultiLast) {
 			w.noMultiStatus.Store(true)
 			return nil, nil
+		}
+		if errors.Is(err, errPartialAnswer) {
+			return nil, nil // read one agent at a time
 		}
 		if err != nil {
 			return nil, w.natsFailed("read_status", fmt.Errorf("last statuses: %w", err))
