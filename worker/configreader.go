@@ -48,6 +48,9 @@ type configReader struct {
 	// A read is running when done is not nil; done is closed when it ends.
 	done  chan struct{}
 	reads uint64 // reads made: logged when the worker stops, and tested
+	// counted, when set, counts each read by how it went: "stream" when the
+	// server named its last sequence, "subject" when the subject was walked.
+	counted func(how string)
 }
 
 func newConfigReader(subject string, gets *directGets) *configReader {
@@ -132,6 +135,9 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 		}
 		if !multi && err == nil {
 			got, top, err = c.read(ctx, stream, start, wantTo)
+		}
+		if c.counted != nil && err == nil {
+			c.counted(map[bool]string{true: "stream", false: "subject"}[multi])
 		}
 	}
 

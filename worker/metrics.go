@@ -16,6 +16,7 @@ type metrics struct {
 	pending       *prometheus.GaugeVec
 	redeliveries  prometheus.Counter
 	backendErrors *prometheus.CounterVec
+	configReads   *prometheus.CounterVec
 	// How long each step of handling a batch waited and worked: the
 	// configuration lookup, loading agents, the commit, the publish, the ack.
 	stepConfig, stepLoad, stepCommit, stepPublish, stepAck prometheus.Observer
@@ -58,6 +59,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.backendErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "presenced_backend_errors_total", Help: "Failed calls to the state store (backend redis or memory) and to NATS, by operation.",
 	}, []string{"backend", "op"})
+	m.configReads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "presenced_config_reads_total",
+		Help: "Reads of the configuration subject, shared by the partitions' batches: by what they proved, the stream up to its last sequence (stream) or the range asked (subject).",
+	}, []string{"proved"})
 	steps := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "presenced_batch_step_seconds",
 		Help:    "Time a batch spent in each step of its handling (config, load, commit, publish, ack), round trips included.",
@@ -66,6 +71,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.stepConfig, m.stepLoad = steps.WithLabelValues("config"), steps.WithLabelValues("load")
 	m.stepCommit, m.stepPublish, m.stepAck = steps.WithLabelValues("commit"), steps.WithLabelValues("publish"), steps.WithLabelValues("ack")
 	reg.MustRegister(m.backendErrors, m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds, m.latency, m.pending,
-		m.redeliveries, steps)
+		m.redeliveries, m.configReads, steps)
 	return m
 }

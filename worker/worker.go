@@ -82,9 +82,11 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	m := newMetrics(reg)
 	names := NamesFor(cfg.Prefix)
 	gets := newDirectGets(nc)
+	configs := newConfigReader(names.Subjects.Config(), gets)
+	configs.counted = func(how string) { m.configReads.WithLabelValues(how).Inc() }
 	return &Worker{
 		cfg: cfg, nc: nc, js: js, store: observeStore(store, m.backendErrors), rules: handlers.Rules{Source: cfg.Source},
-		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: newConfigReader(names.Subjects.Config(), gets), gets: gets,
+		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: configs, gets: gets,
 	}, nil
 }
 

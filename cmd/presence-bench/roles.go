@@ -164,8 +164,16 @@ func printSteps(reg *prometheus.Registry) {
 	if err != nil {
 		return
 	}
-	line := ""
+	line, reads := "", ""
 	for _, f := range families {
+		if f.GetName() == "presenced_config_reads_total" {
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					reads += fmt.Sprintf(" %s %.0f", l.GetValue(), m.GetCounter().GetValue())
+				}
+			}
+			continue
+		}
 		if f.GetName() != "presenced_batch_step_seconds" {
 			continue
 		}
@@ -182,7 +190,7 @@ func printSteps(reg *prometheus.Registry) {
 		}
 	}
 	if line != "" {
-		fmt.Fprintf(os.Stderr, "presenced batch steps, mean ms (batches):%s; worker peak RSS %s\n", line, peakRSS())
+		fmt.Fprintf(os.Stderr, "presenced batch steps, mean ms (batches):%s; configuration reads (proved):%s; worker peak RSS %s\n", line, reads, peakRSS())
 	}
 }
 

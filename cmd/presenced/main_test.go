@@ -169,6 +169,9 @@ func TestZeroSetup(t *testing.T) {
 		`presenced_batch_step_seconds_count{step="commit"} 1`,
 		`presenced_batch_step_seconds_count{step="publish"} 1`,
 		`presenced_batch_step_seconds_count{step="ack"} 1`,
+		// The embedded server answers multi-subject direct gets: the login's
+		// batch was proved by a read of the stream's last sequence.
+		`presenced_config_reads_total{proved="stream"} `,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
