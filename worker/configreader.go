@@ -42,9 +42,6 @@ type configReader struct {
 	// finds one and names the stream's last sequence.
 	wantFrom, wantTo uint64
 	anchor           string
-	// noMulti is set once the server refused a multi-subject get (older than
-	// 2.11): it is not asked again.
-	noMulti bool
 	// A read is running when done is not nil; done is closed when it ends.
 	done  chan struct{}
 	reads uint64 // reads made: logged when the worker stops, and tested
@@ -116,7 +113,7 @@ func (c *configReader) upTo(ctx context.Context, stream jetstream.Stream, from, 
 	// No read running: this caller makes the next one, for every question asked.
 	wantFrom, wantTo, anchor := c.wantFrom, c.wantTo, c.anchor
 	c.wantFrom, c.wantTo, c.anchor = 0, 0, ""
-	multi := c.gets != nil && !c.noMulti && stream.CachedInfo().Config.AllowDirect
+	multi := c.gets.usable() && stream.CachedInfo().Config.AllowDirect
 	done := make(chan struct{})
 	c.done = done
 	start := wantFrom
@@ -217,7 +214,6 @@ func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (u
 	})
 	switch {
 	case errors.Is(err, errNoMultiLast):
-		c.refuseMulti()
 		return 0, 0, false, nil
 	case errors.Is(err, nats.ErrNoResponders): // the stream is not there right now
 		return 0, 0, false, fmt.Errorf("read configuration: %w", err)
@@ -227,12 +223,6 @@ func (c *configReader) lastConfig(ctx context.Context, stream, anchor string) (u
 		return 0, 0, false, nil // read the subject instead
 	}
 	return last, upTo, true, nil
-}
-
-func (c *configReader) refuseMulti() {
-	c.mu.Lock()
-	c.noMulti = true
-	c.mu.Unlock()
 }
 
 // learn records that got holds every configuration event of [start, top].

@@ -99,7 +99,7 @@ func testConfigReader(t *testing.T, direct bool) {
 	if c.reads >= 64 {
 		t.Errorf("%d reads for 64 questions asked together", c.reads)
 	}
-	if c.noMulti {
+	if !c.gets.usable() {
 		t.Errorf("multi-subject gets refused by a current server")
 	}
 

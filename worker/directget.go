@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,12 +38,19 @@ type directGets struct {
 	nc  *nats.Conn
 	api string
 
+	// refused is set once the server answered that it reads no multi_last
+	// (older than 2.11): it is not asked again.
+	refused atomic.Bool
+
 	mu      sync.Mutex
 	prefix  string // of the reply subjects: prefix + a number per request
 	sub     *nats.Subscription
 	next    uint64
 	waiting map[string]chan *nats.Msg
 }
+
+// usable reports whether multi-subject direct gets are worth asking for.
+func (g *directGets) usable() bool { return g != nil && !g.refused.Load() }
 
 func newDirectGets(nc *nats.Conn) *directGets {
 	return &directGets{nc: nc, api: jetstream.DefaultAPIPrefix, waiting: map[string]chan *nats.Msg{}}
@@ -91,7 +99,7 @@ func (g *directGets) route(m *nats.Msg) {
 
 // lastMessages asks the stream, in one direct get (nats-server 2.11 or newer),
 // for the last message of each subject (at most multiLastMax) and hands each to
-// fn. It returns the stream's last sequence when the server read it (every
+// fn; errNoMultiLast (remembered: see usable) when the server cannot answer. It returns the stream's last sequence when the server read it (every
 // message up to there is in the answer's reach) and false when none of the
 // subjects has a message, as the server then does not say.
 func (g *directGets) lastMessages(ctx context.Context, stream string, subjects []string, fn func(*nats.Msg) error) (uint64, bool, error) {
@@ -108,10 +116,19 @@ func (g *directGets) lastMessages(ctx context.Context, stream string, subjects [
 	defer done()
 	ctx, cancel := context.WithTimeout(ctx, perRequest)
 	defer cancel()
-	got := 0
 	if err := g.nc.PublishRequest(g.api+"DIRECT.GET."+stream, reply, req); err != nil {
 		return 0, false, err
 	}
+	upTo, ok, err := g.answer(ctx, answers, fn)
+	if errors.Is(err, errNoMultiLast) {
+		g.refused.Store(true)
+	}
+	return upTo, ok, err
+}
+
+// answer reads one request's answer; see lastMessages.
+func (g *directGets) answer(ctx context.Context, answers chan *nats.Msg, fn func(*nats.Msg) error) (uint64, bool, error) {
+	got := 0
 	for {
 		var m *nats.Msg
 		select {
@@ -128,7 +145,7 @@ func (g *directGets) lastMessages(ctx context.Context, stream string, subjects [
 		case "204": // end of the answer
 			upTo, err := strconv.ParseUint(m.Header.Get("Nats-UpTo-Sequence"), 10, 64)
 			if err != nil {
-				return 0, false, errNoMultiLast
+				return 0, false, errNoMultiLast // an end without the sequence: not the answer of 2.11+
 			}
 			if np := m.Header.Get("Nats-Num-Pending"); np != "" && np != "0" {
 				return 0, false, errPartialAnswer // stopped at the server's byte limit

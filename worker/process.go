@@ -582,14 +582,12 @@ func (pt *partition) publish(ctx context.Context, s *step) error {
 	}
 	for _, id := range s.order {
 		out := s.out[id]
-		e := pt.agents[id]
-		if e != nil && e.uncertain {
-			if v, ok := published[id]; ok {
-				for len(out) > 0 && out[0].Status.Version <= v {
-					out = out[1:]
-				}
-			} else if out, err = pt.unpublished(ctx, id, out); err != nil {
-				return err
+		if v, ok := published[id]; ok {
+			// After a takeover or a failed publish an outbox may be partly out,
+			// and JetStream's duplicate window alone cannot be trusted to drop
+			// a copy sent much later.
+			for len(out) > 0 && out[0].Status.Version <= v {
+				out = out[1:]
 			}
 		}
 		for k, o := range out {
@@ -636,82 +634,82 @@ func (pt *partition) publish(ctx context.Context, s *step) error {
 }
 
 // lastVersions returns the version of each agent's last published status (0:
-// none), from one multi-subject direct get per thousand agents; agents missing
-// from the answer (a server too old to give one) are to be read one at a time.
-// After a takeover every agent a lost consumer may have seen is uncertain, and
-// a read each, one after the other, would hold a batch up for as many round
-// trips.
+// none): from one multi-subject direct get per thousand agents, or one read per
+// agent where the server cannot answer those. After a takeover every agent a
+// lost consumer may have seen is uncertain, and a read each, one after the
+// other, would hold a batch up for as many round trips.
 func (pt *partition) lastVersions(ctx context.Context, ids []string) (map[string]uint64, error) {
 	w := pt.w
-	if len(ids) == 0 || w.noMultiStatus.Load() {
+	if len(ids) == 0 {
 		return nil, nil
 	}
 	out := make(map[string]uint64, len(ids))
-	for start := 0; start < len(ids); start += multiLastMax {
+	for start := 0; start < len(ids) && w.gets.usable(); start += multiLastMax {
 		chunk := ids[start:min(start+multiLastMax, len(ids))]
 		bySubject := make(map[string]string, len(chunk))
 		subjects := make([]string, len(chunk))
 		for i, id := range chunk {
 			subjects[i] = w.names.Subjects.Status(id)
 			bySubject[subjects[i]] = id
-			out[id] = 0
 		}
+		got := make(map[string]uint64, len(chunk))
 		_, _, err := w.gets.lastMessages(ctx, w.names.StatusStream(), subjects, func(m *nats.Msg) error {
 			id, ok := bySubject[lastHeader(m, jetstream.SubjectHeader)]
 			if !ok {
 				return nil
 			}
-			var last struct {
-				Version uint64 `json:"version"`
-			}
-			if err := json.Unmarshal(m.Data, &last); err != nil {
+			v, err := statusVersion(m.Data)
+			if err != nil {
 				return fmt.Errorf("last status of %s: %w", id, err)
 			}
-			out[id] = last.Version
+			got[id] = v
 			return nil
 		})
-		if errors.Is(err, errNoMultiLast) {
-			w.noMultiStatus.Store(true)
-			return nil, nil
-		}
-		if errors.Is(err, errPartialAnswer) {
-			return nil, nil // read one agent at a time
+		if errors.Is(err, errNoMultiLast) || errors.Is(err, errPartialAnswer) {
+			break // read one agent at a time
 		}
 		if err != nil {
 			return nil, w.natsFailed("read_status", fmt.Errorf("last statuses: %w", err))
+		}
+		for _, id := range chunk {
+			out[id] = got[id]
+		}
+	}
+	if len(out) == len(ids) {
+		return out, nil
+	}
+	stream, err := w.js.Stream(ctx, w.names.StatusStream())
+	if err != nil {
+		return nil, w.natsFailed("read_status", fmt.Errorf("status stream: %w", err))
+	}
+	for _, id := range ids {
+		if _, ok := out[id]; ok {
+			continue
+		}
+		m, err := stream.GetLastMsgForSubject(ctx, w.names.Subjects.Status(id))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			out[id] = 0
+			continue
+		}
+		if err != nil {
+			return nil, w.natsFailed("read_status", fmt.Errorf("last status of %s: %w", id, err))
+		}
+		if out[id], err = statusVersion(m.Data); err != nil {
+			return nil, fmt.Errorf("last status of %s: %w", id, err)
 		}
 	}
 	return out, nil
 }
 
-// unpublished drops the changes the status stream already holds: after a
-// takeover or a failed publish, an outbox may be partly out, and JetStream's
-// duplicate window alone cannot be trusted to drop a copy sent much later.
-func (pt *partition) unpublished(ctx context.Context, id string, out []state.Outgoing) ([]state.Outgoing, error) {
-	if len(out) == 0 {
-		return out, nil
-	}
-	stream, err := pt.w.js.Stream(ctx, pt.w.names.StatusStream())
-	if err != nil {
-		return nil, pt.w.natsFailed("read_status", fmt.Errorf("status stream: %w", err))
-	}
-	m, err := stream.GetLastMsgForSubject(ctx, pt.w.names.Subjects.Status(id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, pt.w.natsFailed("read_status", fmt.Errorf("last status of %s: %w", id, err))
-	}
-	var last struct {
+// statusVersion is the version of a published agent.status.changed.
+func statusVersion(data []byte) (uint64, error) {
+	var st struct {
 		Version uint64 `json:"version"`
 	}
-	if err := json.Unmarshal(m.Data, &last); err != nil {
-		return nil, fmt.Errorf("last status of %s: %w", id, err)
+	if err := json.Unmarshal(data, &st); err != nil {
+		return 0, err
 	}
-	for len(out) > 0 && out[0].Status.Version <= last.Version {
-		out = out[1:]
-	}
-	return out, nil
+	return st.Version, nil
 }
 
 // publishStallWait bounds how long a publish waits for acknowledgements to

@@ -57,9 +57,6 @@ type Worker struct {
 	gets     *directGets
 	retrying atomic.Int32
 	started  atomic.Bool
-	// noMultiStatus is set once the server refused a multi-subject get of
-	// last statuses: they are then read one agent at a time.
-	noMultiStatus atomic.Bool
 }
 
 // New builds a worker; Run starts it. reg receives its metrics (nil: none).
