@@ -385,7 +385,7 @@ func (r *Redis) Verify(ctx context.Context, seqs map[string]uint64) ([]string, e
 			}
 			have = a.AppliedSeq
 		}
-		if have != seqs[id] {
+		if have < seqs[id] {
 			bad = append(bad, id)
 		}
 	}

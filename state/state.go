@@ -132,7 +132,10 @@ type Store interface {
 	// SaveSeen replaces each agent's dedupe entries; they expire at expire[id]
 	// (the newest entry's time plus the window), so a quiet agent keeps none.
 	SaveSeen(ctx context.Context, seen map[string][]Seen, expire map[string]time.Time) error
-	// Verify returns the agents whose stored AppliedSeq is not the given one.
+	// Verify returns the agents whose stored AppliedSeq is below the given one:
+	// the store lost commits. A higher one is a later commit (a checkpoint
+	// checks while its partition commits on); one its owner did not make fails
+	// the owner's next compare-and-set.
 	Verify(ctx context.Context, seqs map[string]uint64) ([]string, error)
 	// Agent returns the agent's current state, ErrNotFound when it has no status.
 	Agent(ctx context.Context, agentID string) (handlers.Agent, error)
