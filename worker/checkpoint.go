@@ -55,66 +55,108 @@ var errStoreChanged = errors.New("state store lost or rewound this partition's d
 // while one runs, or by an owner that found the store behind what it wrote.
 const rebuildMarker = "rebuilding/"
 
-// checkpoint writes durable copies of the agents changed since the last one,
-// then the partition record with pos, to JetStream and then to the store. The
-// store's write is a swap against the record this owner last wrote, and it
-// checks first that the store still holds what this owner committed for those
-// agents: a store rewound under a running owner is caught here at the latest.
-func (pt *partition) checkpoint(ctx context.Context, force bool) error {
+// A checkpoint is taken from the partition at one input sequence, between
+// batches, and written while the partition handles on: written in line, the
+// copies of every agent changed since the last one (hundreds of publishes and
+// store writes) held the partition's next inputs back for as long, and the
+// partitions of a worker, taken over together, all did so at the same moment.
+// Taking it is cheap: an agent's state is never changed in place once stored in
+// the partition's map (a step works on a clone), so the copy can hold it as it
+// is. One checkpoint is written at a time.
+type pendingCheckpoint struct {
+	prev, rec state.Partition // the store's record as this owner last wrote it, and the one to write
+	agents    []agentCopy
+	seen      map[string][]state.Seen
+	expire    map[string]time.Time
+	seqs      map[string]uint64
+	// drop, dirty and configDirty are the partition's at the moment taken;
+	// a failed write gives them back.
+	drop        map[string]uint64
+	dirty       map[string]bool
+	configDirty bool
+}
+
+type agentCopy struct {
+	agent  handlers.Agent
+	outbox []state.Outgoing
+	seen   []state.Seen
+}
+
+// takeCheckpoint takes what a checkpoint at pos writes, or returns nil when
+// there is nothing to write (and force is false).
+func (pt *partition) takeCheckpoint(force bool) *pendingCheckpoint {
 	w := pt.w
+	now := time.Now()
 	if !force && len(pt.dirty) == 0 && !pt.configDirty && pt.pos == pt.stored.Seq && len(pt.drop) == 0 {
-		pt.lastCheckpoint = time.Now()
+		pt.lastCheckpoint = now
 		return nil
 	}
-	if err := w.hooks.beforeCheckpoint(ctx); err != nil {
-		return err
-	}
-	msgs := make([]*nats.Msg, 0, len(pt.dirty))
-	seen := make(map[string][]state.Seen, len(pt.dirty))
-	expire := make(map[string]time.Time, len(pt.dirty))
-	seqs := make(map[string]uint64, len(pt.dirty))
+	c := &pendingCheckpoint{prev: pt.stored, rec: pt.rec, drop: pt.drop, dirty: pt.dirty, configDirty: pt.configDirty,
+		agents: make([]agentCopy, 0, len(pt.dirty)), seen: make(map[string][]state.Seen, len(pt.dirty)),
+		expire: make(map[string]time.Time, len(pt.dirty)), seqs: make(map[string]uint64, len(pt.dirty))}
+	c.rec.Seq = pt.pos
 	for id := range pt.dirty {
 		e := pt.agents[id]
 		if e == nil {
 			continue
 		}
 		e.prune(w.cfg.DedupeWindow)
+		c.agents = append(c.agents, agentCopy{agent: e.agent, outbox: e.outbox, seen: e.seen})
+		if len(e.seen) > 0 {
+			c.expire[id] = e.seen[len(e.seen)-1].At.Add(w.cfg.DedupeWindow)
+		}
+		c.seen[id] = e.seen
+		c.seqs[id] = e.agent.AppliedSeq
+	}
+	pt.dirty = make(map[string]bool, len(pt.dirty))
+	pt.drop = map[string]uint64{}
+	pt.configDirty = false
+	pt.lastCheckpoint, pt.sinceCheckpoint = now, 0
+	return c
+}
+
+// writeCheckpoint writes durable copies of the agents changed since the last
+// checkpoint, then the partition record, to JetStream and then to the store. The
+// store's write is a swap against the record this owner last wrote, and it
+// checks first that the store still holds what this owner committed for those
+// agents: a store rewound under a running owner is caught here at the latest.
+// It reads only c and what never changes in the partition, so it can run on a
+// goroutine of its own.
+func (pt *partition) writeCheckpoint(ctx context.Context, c *pendingCheckpoint) error {
+	w := pt.w
+	if err := w.hooks.beforeCheckpoint(ctx); err != nil {
+		return err
+	}
+	msgs := make([]*nats.Msg, 0, len(c.agents))
+	for _, a := range c.agents {
 		// Changes not yet published go with the copy: restored over a store that
 		// lost them, the agent's redelivered input finds itself applied already.
-		snap := agentSnapshot{Agent: e.agent, Outbox: e.outbox}
-		if len(e.seen) > 0 {
-			snap.Seen = state.EncodeSeen(e.seen)
-			expire[id] = e.seen[len(e.seen)-1].At.Add(w.cfg.DedupeWindow)
+		snap := agentSnapshot{Agent: a.agent, Outbox: a.outbox}
+		if len(a.seen) > 0 {
+			snap.Seen = state.EncodeSeen(a.seen)
 		}
 		b, err := json.Marshal(snap)
 		if err != nil {
-			return fmt.Errorf("encode snapshot of %s: %w", id, err)
+			return fmt.Errorf("encode snapshot of %s: %w", a.agent.ID, err)
 		}
-		m := nats.NewMsg(w.names.agentSnapshotSubject(w.cfg.Prefix, pt.p, id))
+		m := nats.NewMsg(w.names.agentSnapshotSubject(w.cfg.Prefix, pt.p, a.agent.ID))
 		m.Data = b
 		msgs = append(msgs, m)
-		seen[id] = e.seen
-		seqs[id] = e.agent.AppliedSeq
 	}
 	if _, err := w.publishAll(ctx, msgs); err != nil {
 		return err
 	}
-	rec := pt.rec
-	rec.Seq = pt.pos
-	b, err := json.Marshal(rec)
+	b, err := json.Marshal(c.rec)
 	if err != nil {
 		return fmt.Errorf("encode partition %d record: %w", pt.p, err)
 	}
 	if _, err := w.js.Publish(ctx, w.names.partitionSubject(w.cfg.Prefix, pt.p), b); err != nil {
 		return w.natsFailed("publish", fmt.Errorf("publish partition %d record: %w", pt.p, err))
 	}
-	if err := w.store.SaveSeen(ctx, seen, expire); err != nil {
+	if err := w.store.SaveSeen(ctx, c.seen, c.expire); err != nil {
 		return fmt.Errorf("save dedupe entries: %w", err)
 	}
-	for id := range seen {
-		pt.agents[id].saved = len(pt.agents[id].seen)
-	}
-	bad, err := w.store.Verify(ctx, seqs)
+	bad, err := w.store.Verify(ctx, c.seqs)
 	if err != nil {
 		return fmt.Errorf("verify agents: %w", err)
 	}
@@ -124,25 +166,82 @@ func (pt *partition) checkpoint(ctx context.Context, force bool) error {
 		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
 	}
 	// Only now: an outbox may hold the only stored copy of dedupe entries, which
-	// SaveSeen has just written.
-	if len(pt.drop) > 0 {
-		if err := w.store.DropOutbox(ctx, pt.drop); err != nil {
+	// SaveSeen has just written. An agent committed since the checkpoint was
+	// taken keeps its outbox: the drop is a compare-and-set on the sequence.
+	if len(c.drop) > 0 {
+		if err := w.store.DropOutbox(ctx, c.drop); err != nil {
 			return fmt.Errorf("drop published outboxes: %w", err)
 		}
-		for id, seq := range pt.drop {
-			if e := pt.agents[id]; e != nil && e.agent.AppliedSeq == seq {
-				e.outboxStored = false
+	}
+	ok, err := w.store.SwapPartition(ctx, pt.p, c.prev, c.rec)
+	if err != nil {
+		return fmt.Errorf("save partition %d: %w", pt.p, err)
+	}
+	if !ok {
+		return fmt.Errorf("partition %d: %w", pt.p, errStoreChanged)
+	}
+	return nil
+}
+
+// landCheckpoint records in the partition how the write of c ended. Landed: the
+// store holds c's record, the dedupe entries it saved need not go with the
+// agents' next commits, and the outboxes it dropped are gone unless the agent
+// was committed since. Failed: what it would have written is to write again.
+func (pt *partition) landCheckpoint(c *pendingCheckpoint, err error) {
+	if err != nil {
+		for id := range c.dirty {
+			pt.dirty[id] = true
+		}
+		for id, seq := range c.drop {
+			if _, newer := pt.drop[id]; !newer {
+				if e := pt.agents[id]; e != nil && e.outboxStored && e.agent.AppliedSeq == seq {
+					pt.drop[id] = seq
+				}
 			}
 		}
-		clear(pt.drop)
+		pt.configDirty = pt.configDirty || c.configDirty
+		return
 	}
-	if err := pt.swap(ctx, rec); err != nil {
-		return err
+	pt.stored = c.rec
+	pt.rec.Seq = c.rec.Seq
+	for id, seen := range c.seen {
+		if e := pt.agents[id]; e != nil {
+			e.saved = max(e.saved, savedPrefix(e.seen, seen))
+		}
 	}
-	pt.dirty = make(map[string]bool, len(pt.dirty))
-	pt.configDirty = false
-	pt.lastCheckpoint, pt.sinceCheckpoint = time.Now(), 0
-	return nil
+	for id, seq := range c.drop {
+		if e := pt.agents[id]; e != nil && e.agent.AppliedSeq == seq {
+			e.outboxStored = false
+		}
+	}
+}
+
+// savedPrefix returns how many of the dedupe entries now held (oldest first) are
+// among saved, the entries as a checkpoint took them: since then the front may
+// have left the window and newer entries come after.
+func savedPrefix(now, saved []state.Seen) int {
+	if len(saved) == 0 {
+		return 0
+	}
+	last := saved[len(saved)-1]
+	for i, s := range now {
+		if s.Key == last.Key && s.At.Equal(last.At) {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// checkpoint takes a checkpoint and writes it in line: on taking a partition
+// over, and as its last act.
+func (pt *partition) checkpoint(ctx context.Context, force bool) error {
+	c := pt.takeCheckpoint(force)
+	if c == nil {
+		return nil
+	}
+	err := pt.writeCheckpoint(ctx, c)
+	pt.landCheckpoint(c, err)
+	return err
 }
 
 // swap replaces the store's partition record with rec, against the record this

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -99,52 +98,87 @@ func TestRedisUnavailable(t *testing.T) {
 	e.expectNoDuplicates()
 }
 
-// TestCheckpointFailureRetried: a checkpoint that fails after its batch was
-// acknowledged is retried until it lands, holding the partition back meanwhile
-// (readyz fails), and every status change is out once.
+// TestCheckpointFailureRetried: a checkpoint is written beside the partition's
+// work, so while checkpoints fail (readyz reports the retries) and while one
+// hangs, inputs are still handled; a failed one is retried until it lands, and
+// every status change is out once.
 func TestCheckpointFailureRetried(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	var failing atomic.Bool
-	var failures atomic.Int32
-	recovered := make(chan struct{})
-	var once sync.Once
-	w := e.startWorkerWithHooks(worker.Hooks{BeforeCheckpoint: func(context.Context) error {
-		if !failing.Load() {
-			return nil
-		}
-		if failures.Add(1) <= 3 {
+	var failing, hanging atomic.Bool
+	failed := make(chan struct{}, 1)
+	hung := make(chan struct{}, 1)
+	release := make(chan struct{})
+	landed := make(chan struct{}, 1)
+	w := e.startWorkerWithHooks(worker.Hooks{BeforeCheckpoint: func(ctx context.Context) error {
+		switch {
+		case failing.Load():
+			select {
+			case failed <- struct{}{}:
+			default:
+			}
 			return errors.New("injected: checkpoint not written")
+		case hanging.Load():
+			select {
+			case hung <- struct{}{}:
+			default:
+			}
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-		once.Do(func() { close(recovered) })
+		select {
+		case landed <- struct{}{}:
+		default:
+		}
 		return nil
 	}}, func(c *worker.Config) { c.CheckpointInterval = 50 * time.Millisecond })
 	const n = 8
+	round := func(version uint64, presence string) {
+		t.Helper()
+		for i := range n {
+			e.publish(events.AgentPresenceSet, fmt.Sprintf("f-%d", i), events.PresenceSetData{PresenceID: presence})
+		}
+		for i := range n {
+			expectStatus(t, e.waitVersion(fmt.Sprintf("f-%d", i), version), presence, events.ReasonManual, true)
+		}
+	}
+	await := func(c chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-c:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no checkpoint %s", what)
+		}
+	}
 	for i := range n {
 		e.publish(events.AgentLogin, fmt.Sprintf("f-%d", i), sess{})
 	}
 	for i := range n {
 		expectStatus(t, e.waitVersion(fmt.Sprintf("f-%d", i), 1), "available", events.ReasonLogin, true)
 	}
+
 	failing.Store(true)
-	for i := range n {
-		e.publish(events.AgentPresenceSet, fmt.Sprintf("f-%d", i), events.PresenceSetData{PresenceID: "busy"})
+	await(failed, "failed")
+	round(2, "busy")
+	if err := w.Ready(context.Background()); err == nil {
+		t.Fatal("ready while checkpoints fail")
 	}
-	for i := range n {
-		expectStatus(t, e.waitVersion(fmt.Sprintf("f-%d", i), 2), "busy", events.ReasonManual, true)
-	}
+	hanging.Store(true) // first, so that none lands in between
+	failing.Store(false)
+	await(hung, "started")
+	round(3, "away")
 	select {
-	case <-recovered:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the checkpoint did not recover: %d failures", failures.Load())
+	case <-landed: // from before the failures
+	default:
 	}
-	for i := range n {
-		e.publish(events.AgentPresenceSet, fmt.Sprintf("f-%d", i), events.PresenceSetData{PresenceID: "away"})
-	}
-	for i := range n {
-		expectStatus(t, e.waitVersion(fmt.Sprintf("f-%d", i), 3), "away", events.ReasonManual, true)
-	}
+	hanging.Store(false)
+	close(release)
+	await(landed, "landed")
 	e.waitReady(w)
+	round(4, "available")
 	e.expectNoDuplicates()
 }
 

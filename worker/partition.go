@@ -48,6 +48,14 @@ type partition struct {
 	// lastBatch is when the last batch was handled.
 	sinceCheckpoint int
 	lastBatch       time.Time
+	// writing is the checkpoint being written in the background, and written
+	// receives how its write ended; failures counts the writes failed in a row,
+	// and retryCheckpoint fires when the next one may start.
+	writing         *pendingCheckpoint
+	written         chan error
+	stopWriting     context.CancelFunc
+	failures        int
+	retryCheckpoint <-chan time.Time
 	// floor is the last input the previous owner had acknowledged when this one
 	// took over; uncertainUpTo the last it was given: it may have published
 	// changes for inputs up to there that the store no longer shows.
@@ -303,6 +311,11 @@ func (pt *partition) takeOver(ctx context.Context) error {
 	if err := pt.checkpoint(ctx, true); err != nil {
 		return err
 	}
+	// Partitions taken over together would otherwise all come due for their
+	// next checkpoint together, and write them at the same moment.
+	n := w.cfg.Partitions
+	pt.lastCheckpoint = pt.lastCheckpoint.Add(-w.cfg.CheckpointInterval * time.Duration(pt.p) / time.Duration(n))
+	pt.sinceCheckpoint = w.cfg.CheckpointInputs * pt.p / n
 	pt.log.Info("partition taken over", "start", floor+1, "previous_consumers", len(old), "rebuilt", rebuild)
 	return nil
 }
@@ -335,6 +348,15 @@ func (pt *partition) run(ctx context.Context) error {
 	defer cc.Stop()
 	defer func() {
 		// Bounded, so a store that hangs cannot hold up a shutdown.
+		if pt.writing != nil {
+			select {
+			case err := <-pt.written:
+				pt.checkpointWritten(err)
+			case <-time.After(5 * time.Second):
+				pt.stopWriting()
+				pt.checkpointWritten(<-pt.written)
+			}
+		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := pt.checkpoint(cctx, false); err != nil && !errors.Is(err, errStoreChanged) {
@@ -353,6 +375,15 @@ func (pt *partition) run(ctx context.Context) error {
 			if err := pt.idle(ctx, msgs, &lastCheck); err != nil {
 				return err
 			}
+			continue
+		case err := <-pt.written:
+			if err := pt.checkpointWritten(err); err != nil {
+				return err
+			}
+			continue
+		case <-pt.retryCheckpoint:
+			pt.retryCheckpoint = nil
+			pt.startCheckpoint(ctx)
 			continue
 		case err := <-suspect:
 			if errors.Is(err, jetstream.ErrConsumerDeleted) {
@@ -389,11 +420,60 @@ func (pt *partition) run(ctx context.Context) error {
 		pt.sinceCheckpoint += len(items)
 		pt.lastBatch = time.Now()
 		if pt.sinceCheckpoint >= w.cfg.CheckpointInputs || time.Since(pt.lastCheckpoint) >= w.cfg.CheckpointInterval {
-			if err := pt.checkpointWithRetry(ctx); err != nil {
-				return err
-			}
+			pt.startCheckpoint(ctx)
 		}
 	}
+}
+
+// startCheckpoint takes a checkpoint and writes it on a goroutine of its own,
+// unless one is being written or a failed one waits for its retry.
+func (pt *partition) startCheckpoint(ctx context.Context) {
+	if pt.writing != nil || pt.retryCheckpoint != nil {
+		return
+	}
+	c := pt.takeCheckpoint(false)
+	if c == nil {
+		return
+	}
+	// Work in hand is finished even while shutting down: it is cheaper than
+	// having the next owner redo it; run's end bounds the wait.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	done := make(chan error, 1)
+	pt.writing, pt.written, pt.stopWriting = c, done, cancel
+	go func() {
+		defer cancel()
+		done <- pt.writeCheckpoint(wctx, c)
+	}()
+}
+
+// checkpointWritten lands the checkpoint whose write ended with err. A failed
+// one is taken again after a back-off, while /readyz reports the partition as
+// retrying; the partition handles on meanwhile, as its inputs are safe in the
+// store and the stream. A store that changed under this owner ends it.
+func (pt *partition) checkpointWritten(err error) error {
+	w := pt.w
+	c := pt.writing
+	pt.writing, pt.written, pt.stopWriting = nil, nil, nil
+	pt.landCheckpoint(c, err)
+	if err == nil || errors.Is(err, errStoreChanged) {
+		if pt.failures > 0 {
+			w.retrying.Add(-1)
+			if err == nil {
+				pt.log.Info("checkpoint recovered", "attempts", pt.failures+1)
+			}
+		}
+		pt.failures = 0
+		return err
+	}
+	if pt.failures == 0 {
+		w.retrying.Add(1)
+	}
+	pt.failures++
+	w.metrics.retries.Inc()
+	backoff := min(50*time.Millisecond<<min(pt.failures-1, 7), 5*time.Second)
+	pt.log.Warn("checkpoint failed, retrying", "err", err, "attempt", pt.failures, "backoff", backoff)
+	pt.retryCheckpoint = time.After(backoff)
+	return nil
 }
 
 // errConsumerLost stops a partition whose consumer no longer exists; the
@@ -471,7 +551,7 @@ func (pt *partition) idle(ctx context.Context, buffered chan jetstream.Msg, last
 	}
 	quiet := time.Since(pt.lastBatch) >= w.cfg.SweepInterval
 	if quiet || time.Since(pt.lastCheckpoint) >= w.cfg.CheckpointInterval {
-		return pt.checkpointWithRetry(ctx) // nothing to write is cheap
+		pt.startCheckpoint(ctx) // nothing to write is cheap
 	}
 	return nil
 }
@@ -512,10 +592,6 @@ func (pt *partition) handleWithRetry(ctx context.Context, items []item, upTo uin
 	return pt.retry(ctx, "batch", items, func(hctx context.Context) error {
 		return pt.handle(hctx, items, max(upTo, last))
 	})
-}
-
-func (pt *partition) checkpointWithRetry(ctx context.Context) error {
-	return pt.retry(ctx, "checkpoint", nil, func(hctx context.Context) error { return pt.checkpoint(hctx, false) })
 }
 
 // retry runs f until it succeeds, with back-off, while /readyz reports the
