@@ -179,6 +179,28 @@ func TestCheckpointFailureRetried(t *testing.T) {
 	await(landed, "landed")
 	e.waitReady(w)
 	round(4, "available")
+
+	// A partition that stops while its checkpoints fail (here: its consumer
+	// deleted) leaves no retry behind it in /readyz.
+	select {
+	case <-failed:
+	default:
+	}
+	failing.Store(true)
+	await(failed, "failed before the consumers went")
+	ctx := context.Background()
+	stream, err := e.js.Stream(ctx, e.names.InputStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range stream.ConsumerNames(ctx).Name() {
+		if err := stream.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failing.Store(false)
+	round(5, "busy")
+	e.waitReady(w)
 	e.expectNoDuplicates()
 }
 

@@ -362,6 +362,9 @@ func (pt *partition) run(ctx context.Context) error {
 		if err := pt.checkpoint(cctx, false); err != nil && !errors.Is(err, errStoreChanged) {
 			pt.log.Warn("final checkpoint", "err", err)
 		}
+		if pt.failures > 0 {
+			w.retrying.Add(-1) // a stopped partition retries nothing
+		}
 	}()
 	sweep := time.NewTicker(w.cfg.SweepInterval)
 	defer sweep.Stop()
