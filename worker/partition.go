@@ -353,8 +353,15 @@ func (pt *partition) run(ctx context.Context) error {
 			case err := <-pt.written:
 				pt.checkpointWritten(err)
 			case <-time.After(5 * time.Second):
+				// Its writes may still be under way, and a final checkpoint
+				// would race them for the record: the next owner replays from
+				// the last one that landed.
 				pt.stopWriting()
-				pt.checkpointWritten(<-pt.written)
+				pt.log.Warn("checkpoint still being written as the partition stops: left to the next owner's replay")
+				if pt.failures > 0 {
+					w.retrying.Add(-1)
+				}
+				return
 			}
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -431,8 +438,8 @@ func (pt *partition) run(ctx context.Context) error {
 // startCheckpoint takes a checkpoint and writes it on a goroutine of its own,
 // unless one is being written or a failed one waits for its retry.
 func (pt *partition) startCheckpoint(ctx context.Context) {
-	if pt.writing != nil || pt.retryCheckpoint != nil {
-		return
+	if pt.writing != nil || pt.retryCheckpoint != nil || ctx.Err() != nil {
+		return // stopping: the final checkpoint follows
 	}
 	c := pt.takeCheckpoint(false)
 	if c == nil {

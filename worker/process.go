@@ -725,6 +725,9 @@ func (w *Worker) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, erro
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("publish: %w", err) // each publish below may wait for room
+		}
 		// Past the limit of acknowledgements outstanding the publish waits for
 		// room (a checkpoint publishes a copy per changed agent at once): a
 		// wait is flow control, not a failure, until acknowledgements stop.
