@@ -143,8 +143,12 @@ func (pt *partition) writeCheckpoint(ctx context.Context, c *pendingCheckpoint) 
 		m.Data = b
 		msgs = append(msgs, m)
 	}
-	if _, err := w.publishAll(ctx, msgs); err != nil {
-		return err
+	// A batch's worth at a time: the room for outstanding publishes is sized
+	// for every partition's wave and one such chunk beside it.
+	for start := 0; start < len(msgs); start += w.cfg.BatchSize {
+		if _, err := w.publishAll(ctx, msgs[start:min(start+w.cfg.BatchSize, len(msgs))]); err != nil {
+			return err
+		}
 	}
 	b, err := json.Marshal(c.rec)
 	if err != nil {

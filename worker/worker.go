@@ -65,11 +65,12 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	if err != nil {
 		return nil, err
 	}
-	// Every partition can have a whole wave in flight at once: at the client's
-	// default of 4 000 the sixteen partitions of a preloaded stream stalled,
-	// and each stall failed a batch, whose retry then read every agent's last
-	// status back from the stream.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(4000, 2*cfg.Partitions*cfg.BatchSize)))
+	// Every partition can have a whole wave in flight at once, and a chunk of
+	// its checkpoint's copies beside it (written in the background): at the
+	// client's default of 4 000 the sixteen partitions of a preloaded stream
+	// stalled, and each stall failed a batch, whose retry then read every
+	// agent's last status back from the stream. Room for two of each.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(4000, 4*cfg.Partitions*cfg.BatchSize)))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
