@@ -164,8 +164,16 @@ func printSteps(reg *prometheus.Registry) {
 	if err != nil {
 		return
 	}
-	line, reads := "", ""
+	line, reads, redo := "", "", ""
 	for _, f := range families {
+		// A round that stalls says here whether an ack wait ran out
+		// (redeliveries) or a batch failed and was retried.
+		if n := f.GetName(); n == "presenced_redeliveries_total" || n == "presenced_batch_retries_total" {
+			for _, m := range f.GetMetric() {
+				redo += fmt.Sprintf(" %s %.0f", strings.TrimSuffix(strings.TrimPrefix(n, "presenced_"), "_total"), m.GetCounter().GetValue())
+			}
+			continue
+		}
 		if f.GetName() == "presenced_config_reads_total" {
 			for _, m := range f.GetMetric() {
 				for _, l := range m.GetLabel() {
@@ -190,7 +198,7 @@ func printSteps(reg *prometheus.Registry) {
 		}
 	}
 	if line != "" {
-		fmt.Fprintf(os.Stderr, "presenced batch steps, mean ms (batches):%s; configuration reads (proved):%s; worker peak RSS %s\n", line, reads, peakRSS())
+		fmt.Fprintf(os.Stderr, "presenced batch steps, mean ms (batches):%s; configuration reads (proved):%s;%s; worker peak RSS %s\n", line, reads, redo, peakRSS())
 	}
 }
 
