@@ -331,6 +331,11 @@ func (pt *partition) run(ctx context.Context) error {
 	suspect := make(chan error, 1)
 	cc, err := pt.cons.Consume(func(m jetstream.Msg) { msgs <- m },
 		jetstream.PullMaxMessages(w.cfg.BatchSize),
+		// A pull the server no longer serves is noticed by its missing
+		// heartbeats, after twice the heartbeat (half the expiry), and only then
+		// pulled again: at the client's default of 30 s a partition could stand
+		// still for as long.
+		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrNoResponders) {
 				select {
@@ -338,9 +343,11 @@ func (pt *partition) run(ctx context.Context) error {
 				default:
 				}
 			}
-			if !errors.Is(err, jetstream.ErrNoHeartbeat) {
-				pt.log.Debug("consume", "err", err)
+			if errors.Is(err, jetstream.ErrNoHeartbeat) {
+				pt.log.Warn("no heartbeat from the partition's consumer: pulling again")
+				return
 			}
+			pt.log.Debug("consume", "err", err)
 		}))
 	if err != nil {
 		return fmt.Errorf("consume partition %d: %w", pt.p, err)
@@ -485,6 +492,9 @@ func (pt *partition) checkpointWritten(err error) error {
 	pt.retryCheckpoint = time.After(backoff)
 	return nil
 }
+
+// pullExpiry is how long a partition's pull waits on the server.
+const pullExpiry = 5 * time.Second
 
 // errConsumerLost stops a partition whose consumer no longer exists; the
 // takeover that follows creates another from the partition's checkpoint.
