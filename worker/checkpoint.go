@@ -74,6 +74,9 @@ type pendingCheckpoint struct {
 	drop        map[string]uint64
 	dirty       map[string]bool
 	configDirty bool
+	// done receives how the background write ended; cancel stops it.
+	done   chan error
+	cancel context.CancelFunc
 }
 
 type agentCopy struct {

@@ -48,12 +48,10 @@ type partition struct {
 	// lastBatch is when the last batch was handled.
 	sinceCheckpoint int
 	lastBatch       time.Time
-	// writing is the checkpoint being written in the background, and written
-	// receives how its write ended; failures counts the writes failed in a row,
-	// and retryCheckpoint fires when the next one may start.
+	// writing is the checkpoint being written in the background; failures
+	// counts the writes failed in a row, and retryCheckpoint fires when the
+	// next one may start.
 	writing         *pendingCheckpoint
-	written         chan error
-	stopWriting     context.CancelFunc
 	failures        int
 	retryCheckpoint <-chan time.Time
 	// floor is the last input the previous owner had acknowledged when this one
@@ -357,13 +355,13 @@ func (pt *partition) run(ctx context.Context) error {
 		// Bounded, so a store that hangs cannot hold up a shutdown.
 		if pt.writing != nil {
 			select {
-			case err := <-pt.written:
+			case err := <-pt.writing.done:
 				pt.checkpointWritten(err)
 			case <-time.After(5 * time.Second):
 				// Its writes may still be under way, and a final checkpoint
 				// would race them for the record: the next owner replays from
 				// the last one that landed.
-				pt.stopWriting()
+				pt.writing.cancel()
 				pt.log.Warn("checkpoint still being written as the partition stops: left to the next owner's replay")
 				if pt.failures > 0 {
 					w.retrying.Add(-1)
@@ -385,6 +383,10 @@ func (pt *partition) run(ctx context.Context) error {
 	batch := make([]jetstream.Msg, 0, w.cfg.BatchSize)
 	lastCheck := time.Now()
 	for {
+		var written <-chan error // none while no checkpoint is being written
+		if pt.writing != nil {
+			written = pt.writing.done
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -393,7 +395,7 @@ func (pt *partition) run(ctx context.Context) error {
 				return err
 			}
 			continue
-		case err := <-pt.written:
+		case err := <-written:
 			if err := pt.checkpointWritten(err); err != nil {
 				return err
 			}
@@ -455,11 +457,11 @@ func (pt *partition) startCheckpoint(ctx context.Context) {
 	// Work in hand is finished even while shutting down: it is cheaper than
 	// having the next owner redo it; run's end bounds the wait.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	done := make(chan error, 1)
-	pt.writing, pt.written, pt.stopWriting = c, done, cancel
+	c.done, c.cancel = make(chan error, 1), cancel
+	pt.writing = c
 	go func() {
 		defer cancel()
-		done <- pt.writeCheckpoint(wctx, c)
+		c.done <- pt.writeCheckpoint(wctx, c)
 	}()
 }
 
@@ -470,7 +472,7 @@ func (pt *partition) startCheckpoint(ctx context.Context) {
 func (pt *partition) checkpointWritten(err error) error {
 	w := pt.w
 	c := pt.writing
-	pt.writing, pt.written, pt.stopWriting = nil, nil, nil
+	pt.writing = nil
 	pt.landCheckpoint(c, err)
 	if err == nil || errors.Is(err, errStoreChanged) {
 		if pt.failures > 0 {
@@ -609,14 +611,14 @@ func (pt *partition) handleWithRetry(ctx context.Context, items []item, upTo uin
 	for _, it := range items {
 		last = it.ev.Seq
 	}
-	return pt.retry(ctx, "batch", items, func(hctx context.Context) error {
+	return pt.retry(ctx, items, func(hctx context.Context) error {
 		return pt.handle(hctx, items, max(upTo, last))
 	})
 }
 
 // retry runs f until it succeeds, with back-off, while /readyz reports the
 // partition as retrying; a store that changed under this owner ends it.
-func (pt *partition) retry(ctx context.Context, what string, items []item, f func(context.Context) error) error {
+func (pt *partition) retry(ctx context.Context, items []item, f func(context.Context) error) error {
 	w := pt.w
 	backoff := 50 * time.Millisecond
 	lastProgress := time.Now()
@@ -630,7 +632,7 @@ func (pt *partition) retry(ctx context.Context, what string, items []item, f fun
 			if attempt > 0 {
 				w.retrying.Add(-1)
 				if err == nil {
-					pt.log.Info(what+" recovered", "attempts", attempt+1)
+					pt.log.Info("batch recovered", "attempts", attempt+1)
 				}
 			}
 			return err
@@ -639,7 +641,7 @@ func (pt *partition) retry(ctx context.Context, what string, items []item, f fun
 			w.retrying.Add(1)
 		}
 		w.metrics.retries.Inc()
-		pt.log.Warn(what+" failed, retrying", "err", err, "attempt", attempt+1, "backoff", backoff)
+		pt.log.Warn("batch failed, retrying", "err", err, "attempt", attempt+1, "backoff", backoff)
 		if time.Since(lastProgress) > w.cfg.AckWait/3 {
 			for _, it := range items {
 				if it.msg != nil {
