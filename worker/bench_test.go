@@ -74,7 +74,8 @@ func benchPipeline(b *testing.B, store string, partitions int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if last, err = js.PublishMsgAsync(m); err != nil {
+		// b.N may pass the room for outstanding publishes: wait for room.
+		if last, err = js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -774,7 +774,10 @@ func (e *env) loadAsync(prefix string, agents, from, rounds int) {
 	for r := from; r < from+rounds; r++ {
 		for i := range agents {
 			typ, data := mix(r)
-			f, err := e.js.PublishMsgAsync(e.input(typ, fmt.Sprintf("%s-%d", prefix, i), data))
+			// More than the client's room for outstanding publishes: waiting for
+			// room is flow control (the client's default wait, 200 ms, is too
+			// short for a server busy with the rest of the suite).
+			f, err := e.js.PublishMsgAsync(e.input(typ, fmt.Sprintf("%s-%d", prefix, i), data), jetstream.WithStallWait(30*time.Second))
 			if err != nil {
 				e.t.Fatalf("publish: %v", err)
 			}

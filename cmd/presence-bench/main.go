@@ -437,7 +437,8 @@ func (b *bench) event(i int, prefix string) *nats.Msg {
 func (b *bench) signIn(ctx context.Context) error {
 	for i := range b.o.agents {
 		m, _ := events.NewInput(events.Subjects{}, events.AgentLogin, fmt.Sprintf("ag-%d", i), fmt.Sprintf("in-%d", i), "bench", []byte(`{}`))
-		if _, err := b.js.PublishMsgAsync(m); err != nil {
+		// More agents than the room for outstanding publishes: wait for room.
+		if _, err := b.js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second)); err != nil {
 			return err
 		}
 	}

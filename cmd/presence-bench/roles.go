@@ -103,7 +103,15 @@ func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoi
 	}
 	store := state.NewRedis(redis.NewClient(ropts), state.RedisConfig{})
 	defer store.Close()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	// PRESENCE_BENCH_LOG_LEVEL=warn (or info, debug) shows the worker's own
+	// logs on stderr; errors only by default, so they do not cost the run.
+	level := slog.LevelError
+	if v := os.Getenv("PRESENCE_BENCH_LOG_LEVEL"); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			return fmt.Errorf("PRESENCE_BENCH_LOG_LEVEL=%q: %w (use debug, info, warn or error)", v, err)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := worker.Config{Partitions: partitions, BatchSize: batch, Logger: log, DedupeWindow: window, CheckpointInterval: checkpoint}
 	cli.TuneGC(os.LookupEnv) // as cmd/presenced does
 	if !setupOnly {
