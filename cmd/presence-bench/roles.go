@@ -113,6 +113,16 @@ func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoi
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg := worker.Config{Partitions: partitions, BatchSize: batch, Logger: log, DedupeWindow: window, CheckpointInterval: checkpoint}
+	// PRESENCE_BENCH_CHECKPOINT_INPUTS=<n> checkpoints a partition after n inputs
+	// instead of the default, to see what checkpoints cost (with a long
+	// -checkpoint-interval, a large n leaves them out of a run).
+	if v := os.Getenv("PRESENCE_BENCH_CHECKPOINT_INPUTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("PRESENCE_BENCH_CHECKPOINT_INPUTS=%q: want a positive number of inputs", v)
+		}
+		cfg.CheckpointInputs = n
+	}
 	cli.TuneGC(os.LookupEnv) // as cmd/presenced does
 	if !setupOnly {
 		waitGo()
