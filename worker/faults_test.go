@@ -327,3 +327,38 @@ func TestPartitionConsumersLost(t *testing.T) {
 	}
 	e.expectNoDuplicates()
 }
+
+// TestStalledPartitionTakenOver: an input lost on its way from the consumer to
+// its partition, with none after it to show the gap, is one the partition
+// never receives, and the server delivers it again only after the ack wait
+// (here far longer than the test). The partition notices that its consumer
+// holds an input while nothing came for StallAfter, and is taken over again
+// with a new consumer, which delivers it at once; the inputs after it follow in
+// order, each change out once.
+func TestStalledPartitionTakenOver(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var lose atomic.Bool
+	lost := make(chan uint64, 1)
+	e.startWorkerWithHooks(worker.Hooks{LoseDelivery: func(seq uint64) bool {
+		if !lose.CompareAndSwap(true, false) {
+			return false
+		}
+		lost <- seq
+		return true
+	}}, func(c *worker.Config) {
+		c.Partitions = 1
+		c.AckWait = 10 * time.Minute
+		c.StallAfter = time.Second
+	})
+	e.publish(events.AgentLogin, "st-1", sess{})
+	e.waitVersion("st-1", 1)
+
+	lose.Store(true)
+	e.publish(events.AgentPresenceSet, "st-1", events.PresenceSetData{PresenceID: "busy"})
+	<-lost // delivered by the server, never received by the partition
+	expectStatus(t, e.waitVersion("st-1", 2), "busy", events.ReasonManual, true)
+	e.publish(events.AgentPresenceSet, "st-1", events.PresenceSetData{PresenceID: "away"})
+	expectStatus(t, e.waitVersion("st-1", 3), "away", events.ReasonManual, true)
+	e.expectNoDuplicates()
+}

@@ -15,6 +15,7 @@ type metrics struct {
 	// pending is what each owned partition's consumer has left to deliver.
 	pending       *prometheus.GaugeVec
 	redeliveries  prometheus.Counter
+	stalls        prometheus.Counter
 	backendErrors *prometheus.CounterVec
 	configReads   *prometheus.CounterVec
 	// How long each step of handling a batch waited and worked: the
@@ -56,6 +57,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.redeliveries = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "presenced_redeliveries_total", Help: "Input messages JetStream delivered more than once (after an ack wait or a nak).",
 	})
+	m.stalls = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "presenced_partition_stalls_total",
+		Help: "Partitions taken over again because their consumer held inputs and delivered none for the stall timeout.",
+	})
 	m.backendErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "presenced_backend_errors_total", Help: "Failed calls to the state store (backend redis or memory) and to NATS, by operation.",
 	}, []string{"backend", "op"})
@@ -71,6 +76,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.stepConfig, m.stepLoad = steps.WithLabelValues("config"), steps.WithLabelValues("load")
 	m.stepCommit, m.stepPublish, m.stepAck = steps.WithLabelValues("commit"), steps.WithLabelValues("publish"), steps.WithLabelValues("ack")
 	reg.MustRegister(m.backendErrors, m.events, m.rejected, m.published, m.retries, m.owned, m.rebuilds, m.latency, m.pending,
-		m.redeliveries, m.configReads, steps)
+		m.redeliveries, m.stalls, m.configReads, steps)
 	return m
 }

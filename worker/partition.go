@@ -62,6 +62,8 @@ type partition struct {
 	// lost on its way (a reconnect): acknowledging past it would skip it.
 	lastDelivery uint64
 	replaying    bool
+	// stalled: the last consumer check found the partition stalled.
+	stalled bool
 
 	// fired remembers expiry events already published by this run, so the sweeper
 	// does not republish them every tick while they wait in the input stream.
@@ -327,7 +329,11 @@ func (pt *partition) run(ctx context.Context) error {
 	// partition check whether its consumer still exists; one deleted ends the
 	// consumption for good, and the partition with it.
 	suspect := make(chan error, 1)
-	cc, err := pt.cons.Consume(func(m jetstream.Msg) { msgs <- m },
+	cc, err := pt.cons.Consume(func(m jetstream.Msg) {
+		if !w.hooks.loseDelivery(m) {
+			msgs <- m
+		}
+	},
 		jetstream.PullMaxMessages(w.cfg.BatchSize),
 		// A pull the server no longer serves is noticed by its missing
 		// heartbeats, after twice the heartbeat (half the expiry), and only then
@@ -381,6 +387,7 @@ func (pt *partition) run(ctx context.Context) error {
 	sweep := time.NewTicker(w.cfg.SweepInterval)
 	defer sweep.Stop()
 	batch := make([]jetstream.Msg, 0, w.cfg.BatchSize)
+	pt.lastBatch = time.Now() // a stall is counted from the start
 	lastCheck := time.Now()
 	for {
 		var written <-chan error // none while no checkpoint is being written
@@ -506,14 +513,61 @@ var errConsumerLost = errors.New("the partition's consumer no longer exists")
 // gone; any other answer (a server still starting, a leader being elected)
 // leaves the partition to its consumer's own retries.
 func (pt *partition) consumerExists(ctx context.Context) error {
+	_, err := pt.consumerInfo(ctx)
+	return err
+}
+
+// consumerInfo is consumerExists that also returns what the server said; nil
+// when it could not tell.
+func (pt *partition) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
 	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err := pt.cons.Info(ictx)
+	info, err := pt.cons.Info(ictx)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		pt.log.Warn("partition consumer lost: taking the partition over again")
-		return errConsumerLost
+		return nil, errConsumerLost
 	}
-	return nil
+	if err != nil {
+		return nil, nil
+	}
+	return info, nil
+}
+
+// errConsumerStalled stops a partition whose consumer holds inputs for it and
+// delivered none for StallAfter; the takeover that follows creates another
+// consumer from the partition's ack floor.
+var errConsumerStalled = errors.New("the partition's consumer delivers nothing while it holds inputs")
+
+// checkConsumer is consumerExists, and also ends a partition that is stalled:
+// its consumer has inputs to deliver, or delivered some that never reached the
+// partition (nothing is in flight between two batches once the last one is
+// acknowledged), and none was handled for StallAfter, at two checks in a row.
+// Whatever the cause (a pull the server forgot, a message lost on the way after
+// which none came), a new consumer delivers them again at once, where the
+// server would redeliver only after the ack wait, or not at all. A consumer
+// paused by an operator is left alone.
+func (pt *partition) checkConsumer(ctx context.Context, buffered int) error {
+	info, err := pt.consumerInfo(ctx)
+	if err != nil || info == nil {
+		return err
+	}
+	idle := time.Since(pt.lastBatch)
+	if buffered > 0 || info.Paused || (info.NumPending == 0 && info.NumAckPending == 0) || idle < pt.w.cfg.StallAfter {
+		pt.stalled = false
+		return nil
+	}
+	if !pt.stalled {
+		// Seen twice, a check apart: a process that was stopped for a while
+		// (a paused container, a suspended host) sees it once as it wakes,
+		// before its consumer has had time to deliver.
+		pt.stalled = true
+		return nil
+	}
+	pt.w.metrics.stalls.Inc()
+	pt.log.Warn("partition consumer stalled: taking the partition over again", "pending", info.NumPending,
+		"ack_pending", info.NumAckPending, "waiting_pulls", info.NumWaiting, "delivered_seq", info.Delivered.Stream,
+		"ack_floor", info.AckFloor.Stream, "idle", idle.Round(time.Millisecond))
+	return errConsumerStalled
 }
 
 // errLostDelivery stops a partition whose consumer skipped a message on its way
@@ -555,7 +609,7 @@ func (pt *partition) idle(ctx context.Context, buffered chan jetstream.Msg, last
 		}
 		// Also when the pulls said nothing, or the check they asked for could
 		// not tell (a server slow to answer).
-		if err := pt.consumerExists(tctx); err != nil {
+		if err := pt.checkConsumer(tctx, len(buffered)); err != nil {
 			return err
 		}
 	}

@@ -25,6 +25,18 @@ type Hooks struct {
 	// BeforeCheckpoint runs before a checkpoint writes anything; an error fails
 	// the checkpoint, which is retried.
 	BeforeCheckpoint func(ctx context.Context) error
+	// LoseDelivery, when it returns true for an input message (by its stream
+	// sequence), drops it on its way from the consumer to its partition, as a
+	// connection could.
+	LoseDelivery func(seq uint64) bool
+}
+
+func (h Hooks) loseDelivery(m jetstream.Msg) bool {
+	if h.LoseDelivery == nil {
+		return false
+	}
+	meta, err := m.Metadata()
+	return err == nil && h.LoseDelivery(meta.Sequence.Stream)
 }
 
 func (h Hooks) afterCommit(ctx context.Context) error {
