@@ -56,11 +56,12 @@ type Config struct {
 	CheckpointInterval time.Duration
 	// AckWait is the input consumers' ack wait. Default 30s.
 	AckWait time.Duration
-	// StallAfter: a partition whose consumer holds inputs for it (to deliver,
-	// or delivered and never received) and that handled none for this long is
-	// taken over again, with a new consumer from its ack floor, instead of
-	// waiting for the server's own redelivery after AckWait. Default 15s (the
-	// client notices a pull the server no longer serves within 5s).
+	// StallAfter: a partition whose consumer holds inputs it does not receive
+	// (to deliver, or delivered and never received) and that handled none for
+	// this long since a check first saw it is taken over again, with a new
+	// consumer from its ack floor, instead of waiting for the server's own
+	// redelivery after AckWait. Default 15s (the client notices a pull the
+	// server no longer serves within 5s).
 	StallAfter time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger

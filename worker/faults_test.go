@@ -332,9 +332,10 @@ func TestPartitionConsumersLost(t *testing.T) {
 // its partition, with none after it to show the gap, is one the partition
 // never receives, and the server delivers it again only after the ack wait
 // (here far longer than the test). The partition notices that its consumer
-// holds an input while nothing came for StallAfter, and is taken over again
-// with a new consumer, which delivers it at once; the inputs after it follow in
-// order, each change out once.
+// delivered an input it did not receive and that nothing came for StallAfter,
+// and is taken over again with a new consumer, which delivers it again; the
+// partition goes on from there, each change out once. (stallVerdict's table
+// test covers the cases that must not count as a stall.)
 func TestStalledPartitionTakenOver(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -355,8 +356,15 @@ func TestStalledPartitionTakenOver(t *testing.T) {
 	e.waitVersion("st-1", 1)
 
 	lose.Store(true)
-	e.publish(events.AgentPresenceSet, "st-1", events.PresenceSetData{PresenceID: "busy"})
-	<-lost // delivered by the server, never received by the partition
+	seq := e.publishMsg(e.input(events.AgentPresenceSet, "st-1", events.PresenceSetData{PresenceID: "busy"}))
+	select {
+	case got := <-lost:
+		if got != seq {
+			t.Fatalf("lost the delivery of input %d, want %d", got, seq)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("input not delivered")
+	}
 	expectStatus(t, e.waitVersion("st-1", 2), "busy", events.ReasonManual, true)
 	e.publish(events.AgentPresenceSet, "st-1", events.PresenceSetData{PresenceID: "away"})
 	expectStatus(t, e.waitVersion("st-1", 3), "away", events.ReasonManual, true)

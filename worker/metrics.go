@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	})
 	m.stalls = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "presenced_partition_stalls_total",
-		Help: "Partitions taken over again because their consumer held inputs and delivered none for the stall timeout.",
+		Help: "Partitions taken over again because their consumer held inputs they did not receive for the stall timeout (15s by default).",
 	})
 	m.backendErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "presenced_backend_errors_total", Help: "Failed calls to the state store (backend redis or memory) and to NATS, by operation.",

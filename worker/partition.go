@@ -62,8 +62,9 @@ type partition struct {
 	// lost on its way (a reconnect): acknowledging past it would skip it.
 	lastDelivery uint64
 	replaying    bool
-	// stalled: the last consumer check found the partition stalled.
-	stalled bool
+	// stallSince is when a consumer check first found the partition holding
+	// inputs it does not receive; zero when the last check did not.
+	stallSince time.Time
 
 	// fired remembers expiry events already published by this run, so the sweeper
 	// does not republish them every tick while they wait in the input stream.
@@ -329,9 +330,17 @@ func (pt *partition) run(ctx context.Context) error {
 	// partition check whether its consumer still exists; one deleted ends the
 	// consumption for good, and the partition with it.
 	suspect := make(chan error, 1)
+	// Closed as the partition stops: a delivery still coming then is dropped
+	// (the next owner's consumer delivers it again), instead of blocking the
+	// client's delivery goroutine on a channel nobody reads any more.
+	stopped := make(chan struct{})
 	cc, err := pt.cons.Consume(func(m jetstream.Msg) {
-		if !w.hooks.loseDelivery(m) {
-			msgs <- m
+		if w.hooks.loseDelivery(m) {
+			return
+		}
+		select {
+		case msgs <- m:
+		case <-stopped:
 		}
 	},
 		jetstream.PullMaxMessages(w.cfg.BatchSize),
@@ -356,8 +365,9 @@ func (pt *partition) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume partition %d: %w", pt.p, err)
 	}
-	defer cc.Stop()
 	defer func() {
+		// Consumption stopped (the deferred calls below run first): what was
+		// delivered and not handled goes to the next owner, from the ack floor.
 		// Bounded, so a store that hangs cannot hold up a shutdown.
 		if pt.writing != nil {
 			select {
@@ -384,10 +394,12 @@ func (pt *partition) run(ctx context.Context) error {
 			w.retrying.Add(-1) // a stopped partition retries nothing
 		}
 	}()
+	defer cc.Stop()
+	defer close(stopped)
 	sweep := time.NewTicker(w.cfg.SweepInterval)
 	defer sweep.Stop()
 	batch := make([]jetstream.Msg, 0, w.cfg.BatchSize)
-	pt.lastBatch = time.Now() // a stall is counted from the start
+	pt.lastBatch = time.Now()
 	lastCheck := time.Now()
 	for {
 		var written <-chan error // none while no checkpoint is being written
@@ -538,36 +550,63 @@ func (pt *partition) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo,
 // consumer from the partition's ack floor.
 var errConsumerStalled = errors.New("the partition's consumer delivers nothing while it holds inputs")
 
-// checkConsumer is consumerExists, and also ends a partition that is stalled:
-// its consumer has inputs to deliver, or delivered some that never reached the
-// partition (nothing is in flight between two batches once the last one is
-// acknowledged), and none was handled for StallAfter, at two checks in a row.
-// Whatever the cause (a pull the server forgot, a message lost on the way after
-// which none came), a new consumer delivers them again at once, where the
-// server would redeliver only after the ack wait, or not at all. A consumer
-// paused by an operator is left alone.
+// checkConsumer is consumerExists, and also ends a partition that is stalled
+// (see stallVerdict). Whatever the cause (a pull the server forgot, a message
+// lost on its way with none after it to show the gap), a new consumer from the
+// ack floor delivers the inputs again, where the server would redeliver a lost
+// one only after the ack wait.
 func (pt *partition) checkConsumer(ctx context.Context, buffered int) error {
 	info, err := pt.consumerInfo(ctx)
 	if err != nil || info == nil {
+		pt.stallSince = time.Time{} // no answer (a reconnect): start again
 		return err
 	}
-	idle := time.Since(pt.lastBatch)
-	if buffered > 0 || info.Paused || (info.NumPending == 0 && info.NumAckPending == 0) || idle < pt.w.cfg.StallAfter {
-		pt.stalled = false
-		return nil
-	}
-	if !pt.stalled {
-		// Seen twice, a check apart: a process that was stopped for a while
-		// (a paused container, a suspended host) sees it once as it wakes,
-		// before its consumer has had time to deliver.
-		pt.stalled = true
+	now := time.Now()
+	var stalled bool
+	pt.stallSince, stalled = stallVerdict(stallCheck{
+		now: now, since: pt.stallSince, lastBatch: pt.lastBatch, buffered: buffered, paused: info.Paused,
+		pending: info.NumPending, delivered: info.Delivered.Consumer, received: pt.lastDelivery,
+	}, pt.w.cfg.StallAfter)
+	if !stalled {
 		return nil
 	}
 	pt.w.metrics.stalls.Inc()
 	pt.log.Warn("partition consumer stalled: taking the partition over again", "pending", info.NumPending,
-		"ack_pending", info.NumAckPending, "waiting_pulls", info.NumWaiting, "delivered_seq", info.Delivered.Stream,
-		"ack_floor", info.AckFloor.Stream, "idle", idle.Round(time.Millisecond))
+		"ack_pending", info.NumAckPending, "waiting_pulls", info.NumWaiting, "delivered", info.Delivered.Consumer,
+		"received", pt.lastDelivery, "delivered_seq", info.Delivered.Stream, "ack_floor", info.AckFloor.Stream,
+		"held_for", now.Sub(pt.stallSince).Round(time.Millisecond))
 	return errConsumerStalled
+}
+
+// stallCheck is what one consumer check knows.
+type stallCheck struct {
+	now, since, lastBatch time.Time
+	buffered              int
+	paused                bool
+	// pending: inputs the consumer has still to deliver; delivered: the
+	// consumer's last delivery; received: the last one the partition received.
+	pending             uint64
+	delivered, received uint64
+}
+
+// stallVerdict says whether a partition is stalled, and returns since for the
+// next check. It holds inputs it does not receive when its consumer has some to
+// deliver, or delivered some that never reached it, while none waits in the
+// partition's channel; a consumer paused by an operator is left alone, and an
+// acknowledgement that did not land (everything delivered was received) is
+// left to the ack wait. It is stalled once that has held, with no batch
+// handled, for stallAfter since the first check that saw it: at least two
+// checks, so a process that was stopped for a while (a paused container) does
+// not count the time it slept.
+func stallVerdict(c stallCheck, stallAfter time.Duration) (time.Time, bool) {
+	holding := c.buffered == 0 && !c.paused && (c.pending > 0 || c.delivered > c.received)
+	if !holding {
+		return time.Time{}, false
+	}
+	if c.since.IsZero() || c.lastBatch.After(c.since) {
+		return c.now, false
+	}
+	return c.since, c.now.Sub(c.since) >= stallAfter
 }
 
 // errLostDelivery stops a partition whose consumer skipped a message on its way
