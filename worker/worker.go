@@ -164,11 +164,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "instance", w.cfg.InstanceID, "partitions", w.cfg.Partitions, "prefix", w.cfg.Prefix)
 
 	type running struct {
-		cancel context.CancelFunc
-		done   chan struct{}
-		rev    uint64
+		cancel  context.CancelFunc
+		done    chan struct{}
+		rev     uint64
+		started time.Time
 	}
 	owned := map[int]*running{}
+	// A partition that ends on its own (its consumer lost or stalled, the store
+	// changed under it) wakes the loop, which claims it again at once, unless
+	// its last run also ended soon after it started: then at the next tick, so
+	// a takeover that keeps failing does not spin.
+	ended := make(chan struct{}, 1)
+	quick := map[int]bool{}
 	var wg sync.WaitGroup
 	stop := func(p int, r *running, releaseLease bool) {
 		r.cancel()
@@ -211,9 +218,16 @@ func (w *Worker) Run(ctx context.Context) error {
 				select {
 				case <-r.done: // the run ended on its own (an error): give the lease back
 					stop(p, r, true)
-					continue
+					again := !quick[p]
+					quick[p] = time.Since(r.started) < w.cfg.LeaseTTL
+					if !again || !mine {
+						continue
+					}
+					have = false // and claim it again below
 				default:
 				}
+			}
+			if have {
 				if !mine {
 					stop(p, r, true)
 					continue
@@ -235,13 +249,19 @@ func (w *Worker) Run(ctx context.Context) error {
 				continue // held by another replica until it releases or its lease expires
 			}
 			pctx, cancel := context.WithCancel(ctx)
-			r = &running{cancel: cancel, done: make(chan struct{}), rev: rev}
+			r = &running{cancel: cancel, done: make(chan struct{}), rev: rev, started: time.Now()}
 			owned[p] = r
 			w.metrics.owned.Set(float64(len(owned)))
 			pt := newPartition(w, p, rev)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer func() {
+					select {
+					case ended <- struct{}{}:
+					default:
+					}
+				}()
 				defer close(r.done)
 				defer w.metrics.pending.DeleteLabelValues(strconv.Itoa(p))
 				if err := pt.takeOver(pctx); err != nil {
@@ -259,6 +279,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-ended:
 		}
 	}
 }
