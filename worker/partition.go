@@ -545,9 +545,9 @@ func (pt *partition) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo,
 	return info, nil
 }
 
-// errConsumerStalled stops a partition whose consumer holds inputs for it and
-// delivered none for StallAfter; the takeover that follows creates another
-// consumer from the partition's ack floor.
+// errConsumerStalled stops a partition whose consumer held inputs it did not
+// receive for StallAfter; the takeover that follows creates another consumer
+// from the partition's ack floor.
 var errConsumerStalled = errors.New("the partition's consumer delivers nothing while it holds inputs")
 
 // checkConsumer is consumerExists, and also ends a partition that is stalled
