@@ -316,13 +316,12 @@ func agentFromFields(id string, h map[string]string) (handlers.Agent, error) {
 // source and id (separated by a byte neither may contain), so no producer can
 // make two events collide.
 func DedupeKey(source, id string) SeenKey {
-	h := sha256.New()
-	h.Write([]byte(source))
-	h.Write([]byte{0})
-	h.Write([]byte(id))
-	var sum [sha256.Size]byte
+	// Hashed from a buffer on the stack for the usual lengths: a hash state
+	// from sha256.New is an allocation per event.
+	var buf [256]byte
+	sum := sha256.Sum256(append(append(append(buf[:0], source...), 0), id...))
 	var k SeenKey
-	copy(k[:], h.Sum(sum[:0]))
+	copy(k[:], sum[:])
 	return k
 }
 

@@ -2,6 +2,7 @@ package state
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -224,5 +225,23 @@ func TestWorkerCodes(t *testing.T) {
 			}
 			seen[c] = true
 		}
+	}
+}
+
+// TestDedupeKeyStable: dedupe keys are stored, so a key must come out the same
+// in every version, also for a source and id longer than the stack buffer.
+func TestDedupeKeyStable(t *testing.T) {
+	for _, c := range []struct{ source, id, want string }{
+		{"src", "e1", "94d167cc971feffcbe3d489a587a218a"},
+		{"", "", "6e340b9cffb37a989ca544e6bb780a2c"},
+		{strings.Repeat("s", 300), "id", "ae21b42e2ed6a288708f4db35aef3576"},
+	} {
+		k := DedupeKey(c.source, c.id)
+		if got := hex.EncodeToString(k[:]); got != c.want {
+			t.Errorf("DedupeKey(%.10q…, %q) = %s, want %s", c.source, c.id, got, c.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { DedupeKey("presence-sim", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b") }); n != 0 {
+		t.Errorf("DedupeKey allocates %v times per call", n)
 	}
 }

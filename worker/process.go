@@ -731,7 +731,7 @@ func (w *Worker) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, erro
 		// Past the limit of acknowledgements outstanding the publish waits for
 		// room (a checkpoint publishes a copy per changed agent at once): a
 		// wait is flow control, not a failure, until acknowledgements stop.
-		f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(publishStallWait))
+		f, err := w.js.PublishMsgAsync(m, w.stallWait)
 		if err != nil {
 			return 0, w.natsFailed("publish", fmt.Errorf("publish %s: %w", m.Subject, err))
 		}

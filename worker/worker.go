@@ -55,20 +55,23 @@ func (h Hooks) beforeCheckpoint(ctx context.Context) error {
 
 // Worker is one presenced replica.
 type Worker struct {
-	cfg      Config
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	store    state.Store
-	rules    handlers.Rules
-	names    Names
-	log      *slog.Logger
-	metrics  *metrics
-	hooks    Hooks
-	kv       jetstream.KeyValue
-	configs  *configReader
-	gets     *directGets
-	retrying atomic.Int32
-	started  atomic.Bool
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   state.Store
+	rules   handlers.Rules
+	names   Names
+	log     *slog.Logger
+	metrics *metrics
+	hooks   Hooks
+	kv      jetstream.KeyValue
+	configs *configReader
+	gets    *directGets
+	// stallWait is the publish option of publishAll, built once: an option
+	// built per publish is an allocation per status event.
+	stallWait jetstream.PublishOpt
+	retrying  atomic.Int32
+	started   atomic.Bool
 }
 
 // New builds a worker; Run starts it. reg receives its metrics (nil: none).
@@ -97,6 +100,7 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	return &Worker{
 		cfg: cfg, nc: nc, js: js, store: observeStore(store, m.backendErrors), rules: handlers.Rules{Source: cfg.Source},
 		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: configs, gets: gets,
+		stallWait: jetstream.WithStallWait(publishStallWait),
 	}, nil
 }
 
