@@ -399,7 +399,6 @@ func (pt *partition) run(ctx context.Context) error {
 	sweep := time.NewTicker(w.cfg.SweepInterval)
 	defer sweep.Stop()
 	batch := make([]jetstream.Msg, 0, w.cfg.BatchSize)
-	pt.lastBatch = time.Now()
 	lastCheck := time.Now()
 	for {
 		var written <-chan error // none while no checkpoint is being written
@@ -428,7 +427,7 @@ func (pt *partition) run(ctx context.Context) error {
 				pt.log.Warn("partition consumer deleted: taking the partition over again")
 				return errConsumerLost
 			}
-			if err := pt.consumerExists(ctx); err != nil {
+			if _, err := pt.consumerInfo(ctx); err != nil {
 				return err
 			}
 			continue
@@ -521,16 +520,10 @@ const pullExpiry = 5 * time.Second
 // takeover that follows creates another from the partition's checkpoint.
 var errConsumerLost = errors.New("the partition's consumer no longer exists")
 
-// consumerExists returns errConsumerLost when the server says the consumer is
-// gone; any other answer (a server still starting, a leader being elected)
-// leaves the partition to its consumer's own retries.
-func (pt *partition) consumerExists(ctx context.Context) error {
-	_, err := pt.consumerInfo(ctx)
-	return err
-}
-
-// consumerInfo is consumerExists that also returns what the server said; nil
-// when it could not tell.
+// consumerInfo returns what the server says of the partition's consumer, or
+// errConsumerLost when it says the consumer is gone; nil, nil when it could not
+// tell (a server still starting, a leader being elected), which leaves the
+// partition to its consumer's own retries.
 func (pt *partition) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
 	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -550,7 +543,7 @@ func (pt *partition) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo,
 // from the partition's ack floor.
 var errConsumerStalled = errors.New("the partition's consumer delivers nothing while it holds inputs")
 
-// checkConsumer is consumerExists, and also ends a partition that is stalled
+// checkConsumer is consumerInfo, and also ends a partition that is stalled
 // (see stallVerdict). Whatever the cause (a pull the server forgot, a message
 // lost on its way with none after it to show the gap), a new consumer from the
 // ack floor delivers the inputs again, where the server would redeliver a lost

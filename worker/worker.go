@@ -175,11 +175,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	owned := map[int]*running{}
 	// A partition that ends on its own (its consumer lost or stalled, the store
-	// changed under it) wakes the loop, which claims it again at once, unless
-	// its last run also ended soon after it started: then at the next tick, so
-	// a takeover that keeps failing does not spin.
+	// changed under it) wakes the loop, which claims it again at once if it ran
+	// for a lease TTL at least; one that ended sooner (a takeover failing) waits
+	// for the next tick, so a takeover that keeps failing does not spin.
 	ended := make(chan struct{}, 1)
-	quick := map[int]bool{}
 	var wg sync.WaitGroup
 	stop := func(p int, r *running, releaseLease bool) {
 		r.cancel()
@@ -222,9 +221,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				select {
 				case <-r.done: // the run ended on its own (an error): give the lease back
 					stop(p, r, true)
-					again := !quick[p]
-					quick[p] = time.Since(r.started) < w.cfg.LeaseTTL
-					if !again || !mine {
+					if !mine || time.Since(r.started) < w.cfg.LeaseTTL {
 						continue
 					}
 					have = false // and claim it again below
@@ -261,6 +258,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			go func() {
 				defer wg.Done()
 				defer func() {
+					if pctx.Err() != nil {
+						return // stopped by this loop
+					}
 					select {
 					case ended <- struct{}{}:
 					default:

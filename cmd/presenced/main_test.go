@@ -163,6 +163,7 @@ func TestZeroSetup(t *testing.T) {
 		`presenced_consumer_pending{partition=`,
 		`presenced_event_latency_seconds_count 1`,
 		`presenced_redeliveries_total 0`,
+		`presenced_partition_stalls_total 0`,
 		`presenced_batch_step_seconds_count{step="config"} 1`,
 		`presenced_batch_step_seconds_count{step="load"} 1`,
 		`presenced_batch_step_seconds_count{step="commit"} 1`,
