@@ -147,6 +147,14 @@ func (w *Worker) ensureStreams(ctx context.Context) (jetstream.KeyValue, error) 
 	}
 }
 
+// leaseContext bounds a lease operation without letting a shutdown abandon it
+// on its way: a claim whose reply is not awaited would leave a lease that nobody
+// releases, and a renewal one whose revision the release no longer matches,
+// either holding its partition from every replica for a lease TTL.
+func leaseContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+}
+
 // Run creates the streams, serves queries and owns partitions until ctx ends;
 // then it finishes the batches in hand, releases its partitions and returns.
 func (w *Worker) Run(ctx context.Context) error {
@@ -233,7 +241,9 @@ func (w *Worker) Run(ctx context.Context) error {
 					stop(p, r, true)
 					continue
 				}
-				rev, err := renew(ctx, w.kv, p, w.cfg.InstanceID, r.rev)
+				lctx, lcancel := leaseContext(ctx)
+				rev, err := renew(lctx, w.kv, p, w.cfg.InstanceID, r.rev)
+				lcancel()
 				if err != nil {
 					w.log.Warn("lost partition", "partition", p, "err", err)
 					stop(p, r, false)
@@ -245,7 +255,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			if !mine {
 				continue
 			}
-			rev, err := claim(ctx, w.kv, p, w.cfg.InstanceID)
+			lctx, lcancel := leaseContext(ctx)
+			rev, err := claim(lctx, w.kv, p, w.cfg.InstanceID)
+			lcancel()
 			if err != nil {
 				continue // held by another replica until it releases or its lease expires
 			}
