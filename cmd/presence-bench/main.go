@@ -210,6 +210,13 @@ type result struct {
 	redisKeys      []keyKind
 }
 
+// dueBy is how many of n events a live run publishing rate per second has
+// published after elapsed: what is due by then, so that any rate is kept where
+// a fixed count per tick rounds rates below one per tick down to nothing.
+func dueBy(rate int, elapsed time.Duration, n int) int {
+	return min(n, int(int64(rate)*int64(elapsed)/int64(time.Second)))
+}
+
 func (r result) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
 func (r result) perEvent(d time.Duration) float64 {
 	return float64(d.Microseconds()) / float64(r.events)
@@ -574,11 +581,10 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 	if live {
 		n = b.o.rate * int(b.o.duration/time.Second)
 		tick := time.NewTicker(10 * time.Millisecond)
-		perTick := b.o.rate / 100
 		sent := 0
 		for sent < n {
-			<-tick.C
-			for k := 0; k < perTick && sent < n; k++ {
+			now := <-tick.C
+			for due := dueBy(b.o.rate, now.Sub(start), n); sent < due; {
 				m := b.event(sent, prefix)
 				pubMu.Lock()
 				published[m.Header.Get("ce-id")] = time.Now()

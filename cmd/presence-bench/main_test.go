@@ -65,3 +65,23 @@ func TestBySecond(t *testing.T) {
 		t.Errorf("no outputs gave %v", got)
 	}
 }
+
+func TestDueBy(t *testing.T) {
+	for _, c := range []struct {
+		rate    int
+		elapsed time.Duration
+		n, want int
+	}{
+		{10000, 10 * time.Millisecond, 400000, 100},
+		{10000, 0, 400000, 0},
+		{20, 10 * time.Millisecond, 400, 0},
+		{20, 50 * time.Millisecond, 400, 1}, // a rate below one per tick still publishes
+		{20, 20 * time.Second, 400, 400},
+		{150, time.Second, 3000, 150}, // not rounded to a multiple of the ticks
+		{20, time.Minute, 400, 400},   // never past n
+	} {
+		if got := dueBy(c.rate, c.elapsed, c.n); got != c.want {
+			t.Errorf("dueBy(%d, %v, %d) = %d, want %d", c.rate, c.elapsed, c.n, got, c.want)
+		}
+	}
+}
