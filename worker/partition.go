@@ -445,10 +445,14 @@ func (pt *partition) run(ctx context.Context) error {
 		}
 		items := make([]item, 0, len(batch))
 		for _, m := range batch {
-			if err := pt.inOrder(m); err != nil {
-				return err
+			// Parsed once: both need it, and each parse allocates.
+			meta, metaErr := m.Metadata()
+			if metaErr == nil {
+				if err := pt.inOrder(meta); err != nil {
+					return err
+				}
 			}
-			items = append(items, w.decode(m))
+			items = append(items, w.decode(m, meta, metaErr))
 		}
 		w.metrics.pending.WithLabelValues(strconv.Itoa(pt.p)).Set(float64(items[len(items)-1].pending))
 		if err := pt.handleWithRetry(ctx, items, items[len(items)-1].ev.Seq); err != nil {
@@ -606,14 +610,11 @@ func stallVerdict(c stallCheck, stallAfter time.Duration) (time.Time, bool) {
 // to this owner; the takeover that follows starts again from the ack floor.
 var errLostDelivery = errors.New("a message was lost on its way from the consumer")
 
-// inOrder checks that m is the consumer's next delivery. A message lost on its
-// way (a reconnect) comes back only after the ack wait, after later ones: with
-// acknowledgements that cover everything before them, handling on would skip it.
-func (pt *partition) inOrder(m jetstream.Msg) error {
-	meta, err := m.Metadata()
-	if err != nil {
-		return nil // decoded as malformed
-	}
+// inOrder checks that the message meta describes is the consumer's next
+// delivery. A message lost on its way (a reconnect) comes back only after the
+// ack wait, after later ones: with acknowledgements that cover everything
+// before them, handling on would skip it.
+func (pt *partition) inOrder(meta *jetstream.MsgMetadata) error {
 	if meta.NumDelivered > 1 {
 		pt.w.metrics.redeliveries.Inc()
 	}

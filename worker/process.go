@@ -32,9 +32,10 @@ type item struct {
 	pending uint64 // messages left in the partition's consumer after this one
 }
 
-func (w *Worker) decode(m jetstream.Msg) item {
+// decode decodes a message of the partition's consumer, whose metadata (or the
+// error reading it) the caller parsed.
+func (w *Worker) decode(m jetstream.Msg, meta *jetstream.MsgMetadata, err error) item {
 	it := item{msg: m, header: m.Headers(), data: m.Data()}
-	meta, err := m.Metadata()
 	if err != nil {
 		it.rej = events.Reject(events.CodeMalformed, "no JetStream metadata: "+err.Error())
 		return it
