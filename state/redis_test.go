@@ -43,6 +43,19 @@ func TestRedisStore(t *testing.T) {
 	runStoreSuite(t, func(t *testing.T) state.Store { return newRedisStore(t, srv, "suite:"+t.Name()) })
 }
 
+// The suite again over RESP2, which presenced speaks unless its Redis URL asks
+// for another protocol: replies come in other shapes (hashes and scores as flat
+// arrays).
+func TestRedisStoreRESP2(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t)
+	runStoreSuite(t, func(t *testing.T) state.Store {
+		s := state.NewRedis(redis.NewClient(&redis.Options{Addr: srv.Addr(), Protocol: 2}), state.RedisConfig{Prefix: "suite:" + t.Name()})
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
 // TestRedisClusterStore runs the same suite against a real 3-master Redis
 // Cluster through go-redis's cluster client: every script's keys share a slot,
 // and pipelines of many agents span the masters.

@@ -97,7 +97,7 @@ func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoi
 		return err
 	}
 	defer nc.Close()
-	ropts, err := redis.ParseURL(redisURL)
+	ropts, err := cli.ParseRedisURL(redisURL)
 	if err != nil {
 		return err
 	}

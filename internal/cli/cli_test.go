@@ -158,3 +158,24 @@ func TestParseCgroupLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestRedisSpeaksRESP2UnlessTold(t *testing.T) {
+	for url, want := range map[string]int{
+		"redis://localhost:6379/0":                            2,
+		"rediss://user:pw@localhost:6380/1":                   2,
+		"redis://localhost:6379/0?protocol=3":                 3,
+		"redis://localhost:6379/0?dial_timeout=1s&protocol=3": 3,
+		"redis://localhost:6379/0?protocol=2":                 2,
+	} {
+		opts, err := ParseRedisURL(url)
+		if err != nil {
+			t.Fatalf("ParseRedisURL(%s): %v", url, err)
+		}
+		if opts.Protocol != want {
+			t.Errorf("ParseRedisURL(%s): protocol %d, want %d", url, opts.Protocol, want)
+		}
+	}
+	if _, err := ParseRedisURL("redis://localhost:6379/0?protocol=x"); err == nil {
+		t.Error("a bad protocol was accepted")
+	}
+}
