@@ -36,24 +36,23 @@ func startRedisStore(t *testing.T) (*testenv.Redis, *redis.Client, *state.Redis)
 	return srv, srv.Client(t), newRedisStore(t, srv, "")
 }
 
+// TestRedisStore runs the suite over RESP2, which presenced speaks unless its
+// Redis URL asks for another protocol, and over RESP3, go-redis's default: the
+// replies come in other shapes (hashes and scores as flat arrays in RESP2).
 func TestRedisStore(t *testing.T) {
 	t.Parallel()
 	srv := testenv.StartRedis(t)
-	// One server for the suite; every subtest gets a key prefix of its own.
-	runStoreSuite(t, func(t *testing.T) state.Store { return newRedisStore(t, srv, "suite:"+t.Name()) })
-}
-
-// The suite again over RESP2, which presenced speaks unless its Redis URL asks
-// for another protocol: replies come in other shapes (hashes and scores as flat
-// arrays).
-func TestRedisStoreRESP2(t *testing.T) {
-	t.Parallel()
-	srv := testenv.StartRedis(t)
-	runStoreSuite(t, func(t *testing.T) state.Store {
-		s := state.NewRedis(redis.NewClient(&redis.Options{Addr: srv.Addr(), Protocol: 2}), state.RedisConfig{Prefix: "suite:" + t.Name()})
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	})
+	for _, protocol := range []int{2, 3} {
+		t.Run(fmt.Sprintf("resp%d", protocol), func(t *testing.T) {
+			t.Parallel()
+			// One server for the suite; every subtest gets a key prefix of its own.
+			runStoreSuite(t, func(t *testing.T) state.Store {
+				s := state.NewRedis(redis.NewClient(&redis.Options{Addr: srv.Addr(), Protocol: protocol}), state.RedisConfig{Prefix: "suite:" + t.Name()})
+				t.Cleanup(func() { _ = s.Close() })
+				return s
+			})
+		})
+	}
 }
 
 // TestRedisClusterStore runs the same suite against a real 3-master Redis

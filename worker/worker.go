@@ -147,10 +147,11 @@ func (w *Worker) ensureStreams(ctx context.Context) (jetstream.KeyValue, error) 
 	}
 }
 
-// leaseContext bounds a lease operation without letting a shutdown abandon it
-// on its way: a claim whose reply is not awaited would leave a lease that nobody
-// releases, and a renewal one whose revision the release no longer matches,
-// either holding its partition from every replica for a lease TTL.
+// leaseContext bounds an operation on the owners bucket without letting a
+// shutdown abandon it on its way: a claim whose reply is not awaited would
+// leave a lease that nobody releases, and a renewal one whose revision the
+// release no longer matches, either holding its partition from every replica
+// for a lease TTL; the release and the member's removal run as the worker stops.
 func leaseContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 }
@@ -194,7 +195,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		delete(owned, p)
 		w.metrics.owned.Set(float64(len(owned)))
 		if releaseLease {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			rctx, cancel := leaseContext(ctx)
 			if err := release(rctx, w.kv, p, r.rev); err != nil {
 				w.log.Warn("release", "partition", p, "err", err)
 			}
@@ -206,7 +207,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			stop(p, r, true)
 		}
 		wg.Wait()
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		dctx, cancel := leaseContext(ctx)
 		_ = w.kv.Delete(dctx, memberKey(w.cfg.InstanceID))
 		cancel()
 		w.log.Info("worker stopped", "instance", w.cfg.InstanceID, "config_reads", w.configs.reads)

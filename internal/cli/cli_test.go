@@ -166,6 +166,7 @@ func TestRedisSpeaksRESP2UnlessTold(t *testing.T) {
 		"redis://localhost:6379/0?protocol=3":                 3,
 		"redis://localhost:6379/0?dial_timeout=1s&protocol=3": 3,
 		"redis://localhost:6379/0?protocol=2":                 2,
+		"redis://localhost:6379/0?client_name=protocol":       2, // a value, not the key
 	} {
 		opts, err := ParseRedisURL(url)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 
@@ -41,9 +42,7 @@ func (r Redis) Client() (redis.UniversalClient, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("--redis-url %s: %w (expected redis://[user:password@]host:port?addr=host2:port&addr=host3:port)", Redact(*r.URL), err)
 		}
-		if !namesProtocol(*r.URL) {
-			opts.Protocol = 2 // see ParseRedisURL
-		}
+		opts.Protocol = protocolFor(*r.URL, opts.Protocol)
 		if err := r.tls(&opts.TLSConfig, strings.HasPrefix(*r.URL, "rediss://")); err != nil {
 			return nil, "", err
 		}
@@ -60,30 +59,25 @@ func (r Redis) Client() (redis.UniversalClient, string, error) {
 }
 
 // ParseRedisURL parses the URL of one Redis server (or a Sentinel setup) as
-// go-redis does, but speaks RESP2 unless the URL asks for a protocol: presenced
-// uses nothing of RESP3, whose client checks every call for push notifications
-// (2% of the worker's CPU at 10 000 events/s, 4% at 1 000/s in
-// docs/performance.md's profiles).
-func ParseRedisURL(url string) (*redis.Options, error) {
-	opts, err := redis.ParseURL(url)
+// go-redis does, with the protocol of protocolFor.
+func ParseRedisURL(u string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(u)
 	if err != nil {
 		return nil, err
 	}
-	if !namesProtocol(url) {
-		opts.Protocol = 2
-	}
+	opts.Protocol = protocolFor(u, opts.Protocol)
 	return opts, nil
 }
 
-// namesProtocol reports whether a Redis URL sets the protocol itself.
-func namesProtocol(url string) bool {
-	_, query, _ := strings.Cut(url, "?")
-	for _, kv := range strings.Split(query, "&") {
-		if k, _, _ := strings.Cut(kv, "="); k == "protocol" {
-			return true
-		}
+// protocolFor is RESP2 unless the URL names a protocol (then parsed, as go-redis
+// read it): presenced uses nothing of RESP3, whose client checks every call for
+// push notifications (1.6% of the worker's CPU at 10 000 events/s, 2.4-4% at
+// 1 000/s in docs/performance.md's profiles). The URL is known to parse.
+func protocolFor(u string, parsed int) int {
+	if pu, err := url.Parse(u); err == nil && pu.Query().Has("protocol") {
+		return parsed
 	}
-	return false
+	return 2
 }
 
 func (r Redis) tls(cfg **tls.Config, secure bool) error {
