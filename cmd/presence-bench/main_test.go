@@ -9,6 +9,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestBenchRuns runs the command on a tiny load: every side finishes, the
@@ -86,6 +89,24 @@ func TestDueBy(t *testing.T) {
 	} {
 		if got := dueBy(c.rate, c.elapsed, c.n); got != c.want {
 			t.Errorf("dueBy(%d, %v, %d) = %d, want %d", c.rate, c.elapsed, c.n, got, c.want)
+		}
+	}
+}
+
+func TestBucketAt(t *testing.T) {
+	// Buckets of 1, 2 and 4 ms holding 90, 9 and 0 of 100 observations; the
+	// last one lies past every bucket.
+	h := &dto.Histogram{SampleCount: proto.Uint64(100), Bucket: []*dto.Bucket{
+		{UpperBound: proto.Float64(0.001), CumulativeCount: proto.Uint64(90)},
+		{UpperBound: proto.Float64(0.002), CumulativeCount: proto.Uint64(99)},
+		{UpperBound: proto.Float64(0.004), CumulativeCount: proto.Uint64(99)},
+	}}
+	for _, c := range []struct {
+		q    float64
+		want string
+	}{{0.5, "≤1"}, {0.9, "≤1"}, {0.95, "≤2"}, {0.99, "≤2"}, {1, ">4"}} {
+		if got := bucketAt(h, c.q); got != c.want {
+			t.Errorf("bucketAt(q=%v) = %q, want %q", c.q, got, c.want)
 		}
 	}
 }

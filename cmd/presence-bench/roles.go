@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime"
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/internal/cli"
@@ -212,12 +214,26 @@ func printSteps(reg *prometheus.Registry) {
 			for _, l := range m.GetLabel() {
 				step = l.GetValue()
 			}
-			line += fmt.Sprintf(" %s %.2f (%d)", step, 1000*h.GetSampleSum()/float64(h.GetSampleCount()), h.GetSampleCount())
+			line += fmt.Sprintf(" %s %.2f/%s (%d)", step, 1000*h.GetSampleSum()/float64(h.GetSampleCount()), bucketAt(h, 0.99), h.GetSampleCount())
 		}
 	}
 	if line != "" {
-		fmt.Fprintf(os.Stderr, "presenced batch steps, mean ms (batches):%s; configuration reads (proved):%s;%s; worker peak RSS %s\n", line, reads, redo, peakRSS())
+		fmt.Fprintf(os.Stderr, "presenced batch steps, mean/p99 ms (batches):%s; configuration reads (proved):%s;%s; worker peak RSS %s\n", line, reads, redo, peakRSS())
 	}
+}
+
+// bucketAt is the upper bound, in milliseconds, of the histogram bucket that
+// holds quantile q: "≤x", or ">x" past the last bucket.
+func bucketAt(h *dto.Histogram, q float64) string {
+	want := uint64(math.Ceil(q * float64(h.GetSampleCount())))
+	last := 0.0
+	for _, b := range h.GetBucket() {
+		last = 1000 * b.GetUpperBound()
+		if b.GetCumulativeCount() >= want {
+			return fmt.Sprintf("≤%g", last)
+		}
+	}
+	return fmt.Sprintf(">%g", last)
 }
 
 // casScript is the reference pipeline's one compare-and-set per event.
