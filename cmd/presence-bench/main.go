@@ -142,6 +142,9 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 	if o.load != "changes" && o.load != "heartbeats" {
 		return fmt.Errorf("--load %q: use changes or heartbeats", o.load)
 	}
+	if _, err := workerProcs(); err != nil {
+		return err
+	}
 	b, err := newBench(ctx, o)
 	if err != nil {
 		return err

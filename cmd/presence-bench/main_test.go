@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -30,6 +31,7 @@ func TestBenchRuns(t *testing.T) {
 	// Stopped as a user would stop it, so it stops the servers and sides it started.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
+	cmd.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("presence-bench: %v\n%s", err, out)
@@ -40,13 +42,18 @@ func TestBenchRuns(t *testing.T) {
 			t.Errorf("no row for %s:\n%s", side, s)
 		}
 	}
-	for _, want := range []string{"(c) presenced / (b) pipe + Lua CAS:", "bytes per agent"} {
+	for _, want := range []string{"(c) presenced / (b) pipe + Lua CAS:", "bytes per agent", "batch steps, mean/p99 ms"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("output lacks %q:\n%s", want, s)
 		}
 	}
 	if _, err := exec.Command(bin, "--modes", "warp").CombinedOutput(); err == nil {
 		t.Error("an unknown side was accepted")
+	}
+	bad := exec.Command(bin, "--modes", "presenced", "--events", "10", "--agents", "5")
+	bad.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=two")
+	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), "positive number of Ps") {
+		t.Errorf("a bad PRESENCE_BENCH_WORKER_GOMAXPROCS: %v\n%s", err, out)
 	}
 }
 

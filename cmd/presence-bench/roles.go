@@ -91,9 +91,30 @@ func waitGo() {
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 }
 
+// workerProcs reads PRESENCE_BENCH_WORKER_GOMAXPROCS, the Ps of the measured
+// worker (0: Go's default), leaving the servers and the pipes at theirs: a
+// worker sharing two cores with the servers spends less on its scheduler with
+// fewer.
+func workerProcs() (int, error) {
+	v := os.Getenv("PRESENCE_BENCH_WORKER_GOMAXPROCS")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("PRESENCE_BENCH_WORKER_GOMAXPROCS=%q: set it to a positive number of Ps, or unset it for Go's default", v)
+	}
+	return n, nil
+}
+
 // runWorker is presenced itself: the worker package as cmd/presenced wires it,
 // with state in Redis.
 func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoint time.Duration, setupOnly bool) error {
+	if n, err := workerProcs(); err != nil {
+		return err
+	} else if n > 0 && !setupOnly {
+		runtime.GOMAXPROCS(n)
+	}
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		return err
