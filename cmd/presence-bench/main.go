@@ -252,13 +252,38 @@ func printTable(out io.Writer, o options, rs []result) {
 	ratio := func(a, b string) {
 		ra, oka := best[a]
 		rb, okb := best[b]
-		if oka && okb {
-			fmt.Fprintf(out, "%s / %s: %.2f× throughput", modeTitles[a], modeTitles[b], ra.rate()/rb.rate())
-			if o.rate > 0 {
-				fmt.Fprintf(out, ", p99 %.1f ms vs %.1f ms", ms(ra.p99), ms(rb.p99))
-			}
-			fmt.Fprintln(out)
+		if !oka || !okb {
+			return
 		}
+		fmt.Fprintf(out, "%s / %s: %.2f× throughput", modeTitles[a], modeTitles[b], ra.rate()/rb.rate())
+		if o.rate > 0 {
+			fmt.Fprintf(out, ", p99 %.1f ms vs %.1f ms", ms(ra.p99), ms(rb.p99))
+		}
+		// Best against best is what the targets name; round by round, each
+		// pair ran back to back, so the spread shows how much the machine
+		// moved the ratio.
+		if pairs := roundPairs(rs, a, b); len(pairs) > 1 {
+			var parts []string
+			var ratios []float64
+			for _, pr := range pairs {
+				ratios = append(ratios, pr[0].rate()/pr[1].rate())
+				if o.rate > 0 {
+					parts = append(parts, fmt.Sprintf("%.1f/%.1f", ms(pr[0].p99), ms(pr[1].p99)))
+				} else {
+					parts = append(parts, fmt.Sprintf("%.2f×", ratios[len(ratios)-1]))
+				}
+			}
+			by := "by round"
+			if o.rate > 0 {
+				by = "p99 ms by round"
+			}
+			fmt.Fprintf(out, " (%s %s", by, strings.Join(parts, ", "))
+			if o.rate == 0 {
+				fmt.Fprintf(out, "; median %.2f×", median(ratios))
+			}
+			fmt.Fprint(out, ")")
+		}
+		fmt.Fprintln(out)
 	}
 	fmt.Fprintln(out)
 	ratio("presenced", "bare")
@@ -267,6 +292,50 @@ func printTable(out io.Writer, o options, rs []result) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// roundPairs returns the results of sides a and b that ran in the same round,
+// in round order.
+func roundPairs(rs []result, a, b string) [][2]result {
+	byRound := map[int]*[2]result{}
+	var rounds []int
+	for _, r := range rs {
+		i := 0
+		switch r.mode {
+		case a:
+		case b:
+			i = 1
+		default:
+			continue
+		}
+		p := byRound[r.round]
+		if p == nil {
+			p = &[2]result{}
+			byRound[r.round] = p
+			rounds = append(rounds, r.round)
+		}
+		p[i] = r
+	}
+	slices.Sort(rounds)
+	var out [][2]result
+	for _, n := range rounds {
+		if p := byRound[n]; p[0].mode == a && p[1].mode == b {
+			out = append(out, *p)
+		}
+	}
+	return out
+}
+
+// median of vs, which it sorts; 0 for none.
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	slices.Sort(vs)
+	if n := len(vs); n%2 == 1 {
+		return vs[n/2]
+	}
+	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
+}
 
 // bench holds the servers every side shares.
 type bench struct {

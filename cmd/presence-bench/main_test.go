@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +16,9 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// TestBenchRuns runs the command on a tiny load: every side finishes, the
-// table and the ratios are printed.
+// TestBenchRuns runs the command on a tiny load, two rounds: every side
+// finishes, the table and the ratios (best against best, and by round) are
+// printed.
 func TestBenchRuns(t *testing.T) {
 	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "presence-bench")
@@ -27,7 +29,7 @@ func TestBenchRuns(t *testing.T) {
 	// test with the output so far instead of holding the suite up.
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--events", "2100", "--agents", "300", "--single-events", "210", "--partitions", "4")
+	cmd := exec.CommandContext(ctx, bin, "--events", "2100", "--agents", "300", "--single-events", "210", "--partitions", "4", "--rounds", "2")
 	// Stopped as a user would stop it, so it stops the servers and sides it started.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
@@ -38,11 +40,11 @@ func TestBenchRuns(t *testing.T) {
 	}
 	s := string(out)
 	for _, side := range []string{modeTitles["bare"], modeTitles["lua"], modeTitles["presenced"], modeTitles["single"]} {
-		if !regexp.MustCompile(regexp.QuoteMeta(side) + `\s+1\s+\d+\s+\d+`).MatchString(s) {
+		if !regexp.MustCompile(regexp.QuoteMeta(side) + `\s+2\s+\d+\s+\d+`).MatchString(s) {
 			t.Errorf("no row for %s:\n%s", side, s)
 		}
 	}
-	for _, want := range []string{"(c) presenced / (b) pipe + Lua CAS:", "bytes per agent", "batch steps, mean/p99 ms"} {
+	for _, want := range []string{"(c) presenced / (b) pipe + Lua CAS:", "bytes per agent", "batch steps, mean/p99 ms", "(by round ", "; median "} {
 		if !strings.Contains(s, want) {
 			t.Errorf("output lacks %q:\n%s", want, s)
 		}
@@ -114,6 +116,33 @@ func TestBucketAt(t *testing.T) {
 	}{{0.5, "≤1"}, {0.9, "≤1"}, {0.95, "≤2"}, {0.99, "≤2"}, {1, ">4"}} {
 		if got := bucketAt(h, c.q); got != c.want {
 			t.Errorf("bucketAt(q=%v) = %q, want %q", c.q, got, c.want)
+		}
+	}
+}
+
+func TestRoundPairs(t *testing.T) {
+	r := func(mode string, round, events int) result {
+		return result{mode: mode, round: round, events: events, elapsed: time.Second}
+	}
+	// Round 2 lacks b (a side that failed), round 3 ran a alone; rounds come
+	// out in order whatever order the results are in.
+	rs := []result{r("b", 4, 10), r("a", 4, 40), r("a", 1, 11), r("b", 1, 10), r("c", 1, 99), r("a", 2, 12), r("a", 3, 13)}
+	got := roundPairs(rs, "a", "b")
+	if len(got) != 2 || got[0][0].round != 1 || got[1][0].round != 4 {
+		t.Fatalf("roundPairs = %+v, want the pairs of rounds 1 and 4", got)
+	}
+	if a, b := got[1][0].rate(), got[1][1].rate(); a != 40 || b != 10 {
+		t.Errorf("round 4 pair rates %v/%v, want 40/10", a, b)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{0.9}, 0.9}, {[]float64{1.06, 0.82, 0.91}, 0.91}, {[]float64{1, 0.8, 0.9, 1.2}, 0.95}} {
+		if got := median(c.in); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
 		}
 	}
 }
