@@ -162,9 +162,13 @@ func (r binaryReader) SetAttribute(attr spec.Attribute, value interface{}) error
 		if _, err := url.Parse(v); err != nil {
 			return fmt.Errorf("dataschema: %w", err)
 		}
-		e.dataSchema = &v
+		// Copied before its address is taken: taking v's own would move v to
+		// the heap on every call, for every attribute.
+		ds := v
+		e.dataSchema = &ds
 	case spec.DataContentType:
-		e.contentType = &v
+		ct := v
+		e.contentType = &ct
 	}
 	return nil
 }

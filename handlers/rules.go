@@ -28,12 +28,13 @@ type change struct {
 }
 
 // transition moves a to c's presence and returns the status change it publishes,
-// or nil when nothing an observer can see changed.
-func transition(a *Agent, c change) *events.StatusChanged {
+// or false when nothing an observer can see changed. (By value: a pointer to
+// signal "none" would put every change on the heap once more.)
+func transition(a *Agent, c change) (events.StatusChanged, bool) {
 	p := c.presence
 	same := a.PresenceID == p.ID && a.BaseStatus == p.BaseStatus && a.SignedIn == c.signedIn
 	if same && a.Name == p.Name && a.Text == p.Text {
-		return nil
+		return events.StatusChanged{}, false
 	}
 	var prev *events.Previous
 	if a.HasStatus() {
@@ -48,7 +49,7 @@ func transition(a *Agent, c change) *events.StatusChanged {
 	a.Reason, a.Actor = c.reason, c.actor
 	st := a.Status()
 	st.Reason, st.Actor, st.Previous, st.Cause, st.TraceParent = c.reason, c.actor, prev, c.cause, c.trace
-	return &st
+	return st, true
 }
 
 func causeOf(ev events.Event) events.Cause {
@@ -86,11 +87,11 @@ func (r Rules) endByExpiry(a *Agent, i int) []events.StatusChanged {
 	a.Held = &Held{PresenceID: a.PresenceID, BaseStatus: a.BaseStatus, Origin: a.Origin, ExpiredAt: s.Deadline}
 	a.Origin = OriginSystem
 	cause := events.Cause{ID: events.ExpiryCauseID(a.ID, s.ID, s.Deadline), Source: r.Source, Type: events.SessionExpired}
-	st := transition(a, change{presence: offline(), at: s.Deadline, reason: events.ReasonSessionExpired, actor: events.RoleSystem.Actor(), cause: cause})
-	if st == nil {
+	st, ok := transition(a, change{presence: offline(), at: s.Deadline, reason: events.ReasonSessionExpired, actor: events.RoleSystem.Actor(), cause: cause})
+	if !ok {
 		return nil
 	}
-	return []events.StatusChanged{*st}
+	return []events.StatusChanged{st}
 }
 
 func (a *Agent) session(id string) int {
@@ -171,8 +172,8 @@ func (r Rules) Apply(cfg Config, a Agent, ev events.Event) (Agent, []events.Stat
 	out := r.expire(&a, now)
 	base := change{at: now, actor: ev.Role.Actor(), cause: causeOf(ev), trace: ev.TraceParent}
 	emit := func(c change) {
-		if st := transition(&a, c); st != nil {
-			out = append(out, *st)
+		if st, ok := transition(&a, c); ok {
+			out = append(out, st)
 		}
 	}
 
@@ -400,8 +401,8 @@ func (r Rules) Reconfigure(before, after Config, a Agent, ev events.Event) (Agen
 	out := r.expire(&a, ev.Stored)
 	base := change{at: ev.Stored, actor: ev.Role.Actor(), cause: causeOf(ev), trace: ev.TraceParent, signedIn: a.SignedIn}
 	emit := func(c change) {
-		if st := transition(&a, c); st != nil {
-			out = append(out, *st)
+		if st, ok := transition(&a, c); ok {
+			out = append(out, st)
 		}
 	}
 	switch d := ev.Data.(type) {

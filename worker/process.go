@@ -271,13 +271,16 @@ func (pt *partition) handleAgents(ctx context.Context, items []item) (err error)
 			}
 		}
 		next, changes, err := w.rules.Apply(cfg, e.agent, it.ev)
-		var rej *events.Rejection
-		if errors.As(err, &rej) {
+		if err != nil {
+			// Declared here: the target errors.As is given moves to the heap,
+			// which would cost every applied event an allocation.
+			var rej *events.Rejection
+			if !errors.As(err, &rej) {
+				return fmt.Errorf("apply %s: %w", it.ev.Type, err)
+			}
 			pt.log.Debug("rejected", "id", it.ev.ID, "source", it.ev.Source, "type", it.ev.Type, "agent", id, "code", rej.Code, "seq", it.ev.Seq)
 			pt.reject(s, it, rej)
 			continue
-		} else if err != nil {
-			return fmt.Errorf("apply %s: %w", it.ev.Type, err)
 		}
 		e.seen = append(e.seen, state.Seen{Key: key, At: it.ev.Stored})
 		e.agent = next

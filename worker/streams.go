@@ -149,13 +149,16 @@ func logicalSubject(prefix, stored string) (string, int) {
 	if !ok {
 		return stored, -1
 	}
-	toks := strings.Split(rest, ".")
-	if len(toks) != 3 {
+	// Cut, not Split: a slice of tokens per input is an allocation the hot
+	// path does not need.
+	role, rest, ok1 := strings.Cut(rest, ".")
+	part, agent, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || strings.Contains(agent, ".") {
 		return stored, -1
 	}
-	p, err := strconv.Atoi(toks[1])
+	p, err := strconv.Atoi(part)
 	if err != nil {
 		return stored, -1
 	}
-	return prefix + ".in." + toks[0] + "." + toks[2], p
+	return prefix + ".in." + role + "." + agent, p
 }

@@ -76,3 +76,23 @@ func streamsSetup(t *testing.T) (jetstream.JetStream, Config, Names) {
 	cfg, _ := Config{Partitions: 4}.withDefaults()
 	return js, cfg, NamesFor("presence")
 }
+
+func TestLogicalSubject(t *testing.T) {
+	for _, c := range []struct {
+		stored, want string
+		part         int
+	}{
+		{"presence.in.agent.7.ag-1", "presence.in.agent.ag-1", 7},
+		{"presence.in.router.15.ag_2", "presence.in.router.ag_2", 15},
+		{"presence.in.config", "presence.in.config", -1},         // no partition token
+		{"presence.in.agent.ag-1", "presence.in.agent.ag-1", -1}, // as published, untransformed
+		{"presence.in.agent.x.ag-1", "presence.in.agent.x.ag-1", -1},
+		{"presence.in.agent.1.ag.1", "presence.in.agent.1.ag.1", -1}, // one token too many
+		{"other.in.agent.1.ag-1", "other.in.agent.1.ag-1", -1},
+	} {
+		got, part := logicalSubject("presence", c.stored)
+		if got != c.want || part != c.part {
+			t.Errorf("logicalSubject(%q) = %q, %d; want %q, %d", c.stored, got, part, c.want, c.part)
+		}
+	}
+}
