@@ -89,6 +89,11 @@ func TestLogicalSubject(t *testing.T) {
 		{"presence.in.agent.x.ag-1", "presence.in.agent.x.ag-1", -1},
 		{"presence.in.agent.1.ag.1", "presence.in.agent.1.ag.1", -1}, // one token too many
 		{"other.in.agent.1.ag-1", "other.in.agent.1.ag-1", -1},
+		// Odd shapes keep what the transform's reading always gave them (the
+		// decoder rejects them afterwards).
+		{"presence.in.agent..x", "presence.in.agent..x", -1}, // empty partition token
+		{"presence.in..1.x", "presence.in..x", 1},            // empty role
+		{"presence.in.agent.1.", "presence.in.agent.", 1},    // empty agent
 	} {
 		got, part := logicalSubject("presence", c.stored)
 		if got != c.want || part != c.part {

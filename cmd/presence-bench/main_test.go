@@ -124,12 +124,17 @@ func TestRoundPairs(t *testing.T) {
 	r := func(mode string, round, events int) result {
 		return result{mode: mode, round: round, events: events, elapsed: time.Second}
 	}
-	// Round 2 lacks b (a side that failed), round 3 ran a alone; rounds come
-	// out in order whatever order the results are in.
-	rs := []result{r("b", 4, 10), r("a", 4, 40), r("a", 1, 11), r("b", 1, 10), r("c", 1, 99), r("a", 2, 12), r("a", 3, 13)}
+	// Round 2 ran a alone (b failed), round 3 b alone; rounds come out in
+	// order whatever order the results are in, a first in each pair.
+	rs := []result{r("b", 4, 10), r("a", 4, 40), r("a", 1, 11), r("b", 1, 10), r("c", 1, 99), r("a", 2, 12), r("b", 3, 13)}
 	got := roundPairs(rs, "a", "b")
 	if len(got) != 2 || got[0][0].round != 1 || got[1][0].round != 4 {
 		t.Fatalf("roundPairs = %+v, want the pairs of rounds 1 and 4", got)
+	}
+	for _, p := range got {
+		if p[0].mode != "a" || p[1].mode != "b" || p[0].round != p[1].round {
+			t.Errorf("pair %+v, want a then b of one round", p)
+		}
 	}
 	if a, b := got[1][0].rate(), got[1][1].rate(); a != 40 || b != 10 {
 		t.Errorf("round 4 pair rates %v/%v, want 40/10", a, b)
