@@ -263,25 +263,7 @@ func printTable(out io.Writer, o options, rs []result) {
 		// pair ran back to back, so the spread shows how much the machine
 		// moved the ratio.
 		if pairs := roundPairs(rs, a, b); len(pairs) > 1 {
-			var parts []string
-			var ratios []float64
-			for _, pr := range pairs {
-				ratios = append(ratios, pr[0].rate()/pr[1].rate())
-				if o.rate > 0 {
-					parts = append(parts, fmt.Sprintf("%.1f/%.1f", ms(pr[0].p99), ms(pr[1].p99)))
-				} else {
-					parts = append(parts, fmt.Sprintf("%.2f×", ratios[len(ratios)-1]))
-				}
-			}
-			by := "by round"
-			if o.rate > 0 {
-				by = "p99 ms by round"
-			}
-			fmt.Fprintf(out, " (%s %s", by, strings.Join(parts, ", "))
-			if o.rate == 0 {
-				fmt.Fprintf(out, "; median %.2f×", median(ratios))
-			}
-			fmt.Fprint(out, ")")
+			fmt.Fprintf(out, " (%s)", byRound(pairs, o.rate > 0))
 		}
 		fmt.Fprintln(out)
 	}
@@ -323,6 +305,26 @@ func roundPairs(rs []result, a, b string) [][2]result {
 		}
 	}
 	return out
+}
+
+// byRound says how pairs compared round by round: live, the two p99s (the
+// throughput is the offered rate); preloaded, the throughput ratios and
+// their median.
+func byRound(pairs [][2]result, live bool) string {
+	parts := make([]string, 0, len(pairs))
+	ratios := make([]float64, 0, len(pairs))
+	for _, p := range pairs {
+		if live {
+			parts = append(parts, fmt.Sprintf("%.1f/%.1f", ms(p[0].p99), ms(p[1].p99)))
+			continue
+		}
+		ratios = append(ratios, p[0].rate()/p[1].rate())
+		parts = append(parts, fmt.Sprintf("%.2f×", ratios[len(ratios)-1]))
+	}
+	if live {
+		return "p99 ms by round " + strings.Join(parts, ", ")
+	}
+	return fmt.Sprintf("by round %s; median %.2f×", strings.Join(parts, ", "), median(ratios))
 }
 
 // median of vs, which it sorts; 0 for none.

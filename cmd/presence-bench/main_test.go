@@ -54,7 +54,7 @@ func TestBenchRuns(t *testing.T) {
 	}
 	bad := exec.Command(bin, "--modes", "presenced", "--events", "10", "--agents", "5")
 	bad.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=two")
-	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), "positive number of Ps") {
+	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), "PRESENCE_BENCH_WORKER_GOMAXPROCS=\"two\": set it to a positive number of Ps") {
 		t.Errorf("a bad PRESENCE_BENCH_WORKER_GOMAXPROCS: %v\n%s", err, out)
 	}
 }
@@ -138,6 +138,20 @@ func TestRoundPairs(t *testing.T) {
 	}
 	if a, b := got[1][0].rate(), got[1][1].rate(); a != 40 || b != 10 {
 		t.Errorf("round 4 pair rates %v/%v, want 40/10", a, b)
+	}
+}
+
+func TestByRound(t *testing.T) {
+	r := func(events int, p99 time.Duration) result {
+		return result{events: events, elapsed: time.Second, p99: p99}
+	}
+	pairs := [][2]result{{r(92, 30*time.Millisecond), r(100, 20*time.Millisecond)}, {r(106, 25*time.Millisecond), r(100, 25*time.Millisecond)},
+		{r(91, 90*time.Millisecond), r(100, 315*time.Millisecond)}}
+	if got, want := byRound(pairs, false), "by round 0.92×, 1.06×, 0.91×; median 0.92×"; got != want {
+		t.Errorf("preloaded: %q, want %q", got, want)
+	}
+	if got, want := byRound(pairs, true), "p99 ms by round 30.0/20.0, 25.0/25.0, 90.0/315.0"; got != want {
+		t.Errorf("live: %q, want %q", got, want)
 	}
 }
 

@@ -91,21 +91,25 @@ func waitGo() {
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 }
 
-// workerProcs reads PRESENCE_BENCH_WORKER_GOMAXPROCS, the Ps of the measured
-// worker (0: Go's default), leaving the servers and the pipes at theirs: a
-// worker sharing two cores with the servers spends less on its scheduler with
-// fewer.
-func workerProcs() (int, error) {
-	v := os.Getenv("PRESENCE_BENCH_WORKER_GOMAXPROCS")
+// positiveEnv reads the environment variable name as a positive integer, 0
+// when it is unset; what names the unit for the error.
+func positiveEnv(name, what string) (int, error) {
+	v := os.Getenv(name)
 	if v == "" {
 		return 0, nil
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 {
-		return 0, fmt.Errorf("PRESENCE_BENCH_WORKER_GOMAXPROCS=%q: set it to a positive number of Ps, or unset it for Go's default", v)
+		return 0, fmt.Errorf("%s=%q: set it to a positive number of %s, or unset it", name, v, what)
 	}
 	return n, nil
 }
+
+// workerProcs reads PRESENCE_BENCH_WORKER_GOMAXPROCS, the Ps of the measured
+// worker (0: Go's default), leaving the servers and the pipes at theirs: a
+// worker sharing two cores with the servers spends less on its scheduler with
+// fewer.
+func workerProcs() (int, error) { return positiveEnv("PRESENCE_BENCH_WORKER_GOMAXPROCS", "Ps") }
 
 // runWorker is presenced itself: the worker package as cmd/presenced wires it,
 // with state in Redis.
@@ -139,11 +143,9 @@ func runWorker(natsURL, redisURL string, partitions, batch int, window, checkpoi
 	// PRESENCE_BENCH_CHECKPOINT_INPUTS=<n> checkpoints a partition after n inputs
 	// instead of the default, to see what checkpoints cost (with a long
 	// -checkpoint-interval, a large n leaves them out of a run).
-	if v := os.Getenv("PRESENCE_BENCH_CHECKPOINT_INPUTS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return fmt.Errorf("PRESENCE_BENCH_CHECKPOINT_INPUTS=%q: want a positive number of inputs", v)
-		}
+	if n, err := positiveEnv("PRESENCE_BENCH_CHECKPOINT_INPUTS", "inputs"); err != nil {
+		return err
+	} else if n > 0 {
 		cfg.CheckpointInputs = n
 	}
 	cli.TuneGC(os.LookupEnv) // as cmd/presenced does
