@@ -724,33 +724,9 @@ const publishStallWait = 10 * time.Second
 // highest stream sequence they got. On a failure the caller retries; JetStream
 // drops the copies that already made it by their Nats-Msg-Id.
 func (w *Worker) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
-	if len(msgs) == 0 {
-		return 0, nil
+	top, err := w.pub.publishAll(ctx, msgs)
+	if err != nil && ctx.Err() == nil {
+		return 0, w.natsFailed("publish", err)
 	}
-	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
-	for _, m := range msgs {
-		if err := ctx.Err(); err != nil {
-			return 0, fmt.Errorf("publish: %w", err) // each publish below may wait for room
-		}
-		// Past the limit of acknowledgements outstanding the publish waits for
-		// room (a checkpoint publishes a copy per changed agent at once): a
-		// wait is flow control, not a failure, until acknowledgements stop.
-		f, err := w.js.PublishMsgAsync(m, w.stallWait)
-		if err != nil {
-			return 0, w.natsFailed("publish", fmt.Errorf("publish %s: %w", m.Subject, err))
-		}
-		futures = append(futures, f)
-	}
-	var top uint64
-	for _, f := range futures {
-		select {
-		case ack := <-f.Ok():
-			top = max(top, ack.Sequence)
-		case err := <-f.Err():
-			return 0, w.natsFailed("publish", fmt.Errorf("publish %s: %w", f.Msg().Subject, err))
-		case <-ctx.Done():
-			return 0, fmt.Errorf("publish: %w", ctx.Err())
-		}
-	}
-	return top, nil
+	return top, err
 }

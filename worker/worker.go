@@ -55,23 +55,21 @@ func (h Hooks) beforeCheckpoint(ctx context.Context) error {
 
 // Worker is one presenced replica.
 type Worker struct {
-	cfg     Config
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	store   state.Store
-	rules   handlers.Rules
-	names   Names
-	log     *slog.Logger
-	metrics *metrics
-	hooks   Hooks
-	kv      jetstream.KeyValue
-	configs *configReader
-	gets    *directGets
-	// stallWait is the publish option of publishAll, built once: an option
-	// built per publish is an allocation per status event.
-	stallWait jetstream.PublishOpt
-	retrying  atomic.Int32
-	started   atomic.Bool
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	store    state.Store
+	rules    handlers.Rules
+	names    Names
+	log      *slog.Logger
+	metrics  *metrics
+	hooks    Hooks
+	kv       jetstream.KeyValue
+	configs  *configReader
+	gets     *directGets
+	pub      *publisher
+	retrying atomic.Int32
+	started  atomic.Bool
 }
 
 // New builds a worker; Run starts it. reg receives its metrics (nil: none).
@@ -80,12 +78,7 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	if err != nil {
 		return nil, err
 	}
-	// Every partition can have a whole wave in flight at once, and a chunk of
-	// its checkpoint's copies beside it (written in the background): at the
-	// client's default of 4 000 the sixteen partitions of a preloaded stream
-	// stalled, and each stall failed a batch, whose retry then read every
-	// agent's last status back from the stream. Room for two of each.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(4000, 4*cfg.Partitions*cfg.BatchSize)))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
@@ -100,7 +93,12 @@ func New(nc *nats.Conn, store state.Store, cfg Config, reg prometheus.Registerer
 	return &Worker{
 		cfg: cfg, nc: nc, js: js, store: observeStore(store, m.backendErrors), rules: handlers.Rules{Source: cfg.Source},
 		names: names, log: cfg.Logger, metrics: m, hooks: hooks, configs: configs, gets: gets,
-		stallWait: jetstream.WithStallWait(publishStallWait),
+		// Every partition can have a whole wave in flight at once, and a chunk
+		// of its checkpoint's copies beside it (written in the background): at
+		// room for 4 000 the sixteen partitions of a preloaded stream stalled,
+		// and each stall failed a batch, whose retry then read every agent's
+		// last status back from the stream. Room for two of each.
+		pub: newPublisher(nc, max(4000, 4*cfg.Partitions*cfg.BatchSize), publishStallWait),
 	}, nil
 }
 
@@ -173,6 +171,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			_ = s.Drain()
 		}
 	}()
+	defer w.pub.close() // after the partitions' last publishes, deferred below
 	w.started.Store(true)
 	w.log.Info("worker started", "instance", w.cfg.InstanceID, "partitions", w.cfg.Partitions, "prefix", w.cfg.Prefix)
 
