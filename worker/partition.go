@@ -635,6 +635,11 @@ func (pt *partition) idle(ctx context.Context, buffered chan jetstream.Msg, last
 	// Bounded, so a store that hangs cannot keep the partition from its input.
 	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
+	// This runs in the partition's loop, so the inputs that come meanwhile
+	// wait for its round trips. A partition handling batches is neither stalled
+	// nor idle, so the consumer and stream checks, JetStream API requests that
+	// a busy server answers slowly, wait until it is quiet.
+	quiet := time.Since(pt.lastBatch) >= w.cfg.SweepInterval
 	if time.Since(*lastCheck) > 2*time.Second {
 		*lastCheck = time.Now()
 		if err := pt.verifyStore(tctx); errors.Is(err, errStoreChanged) {
@@ -642,23 +647,26 @@ func (pt *partition) idle(ctx context.Context, buffered chan jetstream.Msg, last
 		}
 		// Also when the pulls said nothing, or the check they asked for could
 		// not tell (a server slow to answer).
-		if err := pt.checkConsumer(tctx, len(buffered)); err != nil {
-			return err
+		if quiet {
+			if err := pt.checkConsumer(tctx, len(buffered)); err != nil {
+				return err
+			}
 		}
 	}
 	if err := pt.sweep(tctx); err != nil && ctx.Err() == nil {
 		pt.log.Warn("sweep", "err", err)
 	}
-	upTo, err := pt.idleUpTo(tctx, buffered)
-	if err != nil && ctx.Err() == nil {
-		pt.log.Debug("idle check", "err", err)
-	}
-	if upTo > pt.rec.Config.Seq {
-		if err := pt.handleWithRetry(ctx, nil, upTo); err != nil {
-			return err
+	if quiet {
+		upTo, err := pt.idleUpTo(tctx, buffered)
+		if err != nil && ctx.Err() == nil {
+			pt.log.Debug("idle check", "err", err)
+		}
+		if upTo > pt.rec.Config.Seq {
+			if err := pt.handleWithRetry(ctx, nil, upTo); err != nil {
+				return err
+			}
 		}
 	}
-	quiet := time.Since(pt.lastBatch) >= w.cfg.SweepInterval
 	if quiet || time.Since(pt.lastCheckpoint) >= w.cfg.CheckpointInterval {
 		pt.startCheckpoint(ctx) // nothing to write is cheap
 	}
