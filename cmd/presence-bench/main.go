@@ -332,7 +332,7 @@ func median(vs []float64) float64 {
 	if len(vs) == 0 {
 		return 0
 	}
-	slices.Sort(vs)
+	vs = slices.Sorted(slices.Values(vs)) // the caller's order stays
 	if n := len(vs); n%2 == 1 {
 		return vs[n/2]
 	}

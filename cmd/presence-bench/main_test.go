@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -118,6 +119,13 @@ func TestBucketAt(t *testing.T) {
 			t.Errorf("bucketAt(q=%v) = %q, want %q", c.q, got, c.want)
 		}
 	}
+	// A step never taken has no p99 to give.
+	empty := &dto.Histogram{SampleCount: proto.Uint64(0), Bucket: []*dto.Bucket{
+		{UpperBound: proto.Float64(0.001), CumulativeCount: proto.Uint64(0)},
+	}}
+	if got := bucketAt(empty, 0.99); got != "–" {
+		t.Errorf("bucketAt(empty) = %q, want –", got)
+	}
 }
 
 func TestRoundPairs(t *testing.T) {
@@ -160,8 +168,12 @@ func TestMedian(t *testing.T) {
 		in   []float64
 		want float64
 	}{{nil, 0}, {[]float64{0.9}, 0.9}, {[]float64{1.06, 0.82, 0.91}, 0.91}, {[]float64{1, 0.8, 0.9, 1.2}, 0.95}} {
+		in := slices.Clone(c.in)
 		if got := median(c.in); math.Abs(got-c.want) > 1e-9 {
 			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+		if !slices.Equal(in, c.in) {
+			t.Errorf("median reordered its input: %v, was %v", c.in, in)
 		}
 	}
 }

@@ -248,6 +248,9 @@ func printSteps(reg *prometheus.Registry) {
 // bucketAt is the upper bound, in milliseconds, of the histogram bucket that
 // holds quantile q: "≤x", or ">x" past the last bucket.
 func bucketAt(h *dto.Histogram, q float64) string {
+	if h.GetSampleCount() == 0 {
+		return "–" // no observation: any bucket would be made up
+	}
 	want := uint64(math.Ceil(q * float64(h.GetSampleCount())))
 	last := 0.0
 	for _, b := range h.GetBucket() {
