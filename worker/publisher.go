@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -32,9 +33,27 @@ type publisher struct {
 	prefix  string // of the reply subjects: prefix + a base-36 number per publish
 	sub     *nats.Subscription
 	status  chan nats.Status
+	closed  bool
 	next    uint64
-	waiting map[uint64]*wave
+	waiting map[uint64]pending
 }
+
+// pending is a publish awaiting its acknowledgement.
+type pending struct {
+	wv      *wave
+	m       *nats.Msg // sent again when no stream answered it
+	retries int
+}
+
+// Where no stream answers (a clustered stream electing its leader), a publish
+// is sent again after retryWait, at most maxRetries times, as the client does
+// by default, before its wave fails.
+const (
+	pubRetryWait  = 250 * time.Millisecond
+	pubMaxRetries = 2
+)
+
+var errPublisherClosed = errors.New("publisher closed: the worker stopped")
 
 // wave is the acknowledgements one publishAll waits for; its fields are the
 // publisher's to change, under its lock.
@@ -60,13 +79,18 @@ func (wv *wave) settle(seq uint64, err error) {
 }
 
 func newPublisher(nc *nats.Conn, maxPending int, stallWait time.Duration) *publisher {
-	return &publisher{nc: nc, room: make(chan struct{}, maxPending), stallWait: stallWait, waiting: map[uint64]*wave{}}
+	return &publisher{nc: nc, room: make(chan struct{}, maxPending), stallWait: stallWait, waiting: map[uint64]pending{}}
 }
 
 // open subscribes to the replies and to the connection's reconnects once.
 func (p *publisher) open() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		// A write still running as the worker stops (a checkpoint given up
+		// on) must not subscribe again behind its back.
+		return errPublisherClosed
+	}
 	if p.sub != nil {
 		return nil
 	}
@@ -85,10 +109,11 @@ func (p *publisher) open() error {
 	return nil
 }
 
-// close stops listening; waves still waiting end with their context.
+// close stops listening for good; waves still waiting end with their context.
 func (p *publisher) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closed = true
 	if p.sub == nil {
 		return
 	}
@@ -103,9 +128,9 @@ func (p *publisher) failOnReconnect(status chan nats.Status) {
 			return
 		}
 		p.mu.Lock()
-		for id, wv := range p.waiting {
+		for id, pd := range p.waiting {
 			p.forgetLocked(id)
-			wv.settle(0, nats.ErrDisconnected)
+			pd.wv.settle(0, nats.ErrDisconnected)
 		}
 		p.mu.Unlock()
 	}
@@ -132,11 +157,37 @@ func (p *publisher) route(m *nats.Msg) {
 	}
 	seq, ackErr := pubAckSeq(m)
 	p.mu.Lock()
-	if wv := p.waiting[id]; wv != nil {
-		p.forgetLocked(id)
-		wv.settle(seq, ackErr)
+	defer p.mu.Unlock()
+	pd, ok := p.waiting[id]
+	if !ok {
+		return
 	}
+	if errors.Is(ackErr, jetstream.ErrNoStreamResponse) && pd.retries < pubMaxRetries {
+		pd.retries++
+		p.waiting[id] = pd
+		time.AfterFunc(pubRetryWait, func() { p.resend(id) })
+		return
+	}
+	p.forgetLocked(id)
+	pd.wv.settle(seq, ackErr)
+}
+
+// resend sends a publish no stream answered again, unless its wave gave up.
+func (p *publisher) resend(id uint64) {
+	p.mu.Lock()
+	pd, ok := p.waiting[id]
 	p.mu.Unlock()
+	if !ok {
+		return
+	}
+	if err := p.nc.PublishMsg(pd.m); err != nil {
+		p.mu.Lock()
+		if _, ok := p.waiting[id]; ok {
+			p.forgetLocked(id)
+			pd.wv.settle(0, fmt.Errorf("publish %s again: %w", pd.m.Subject, err))
+		}
+		p.mu.Unlock()
+	}
 }
 
 // publishAll publishes msgs (setting their reply subjects) and waits for every
@@ -160,13 +211,23 @@ func (p *publisher) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, e
 		p.mu.Unlock()
 	}()
 	for _, m := range msgs {
+		// Nothing more goes out once the caller gave up (a checkpoint given up
+		// on as its partition stops) or the wave already failed.
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("publish: %w", err)
+		}
+		select {
+		case <-wv.done:
+			return 0, p.waveErr(wv)
+		default:
+		}
 		if err := p.reserve(ctx); err != nil {
 			return 0, err
 		}
 		p.mu.Lock()
 		p.next++
 		id := p.next
-		p.waiting[id] = wv
+		p.waiting[id] = pending{wv: wv, m: m}
 		p.mu.Unlock()
 		ids = append(ids, id)
 		m.Reply = p.prefix + strconv.FormatUint(id, 36)
@@ -179,13 +240,21 @@ func (p *publisher) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, e
 	case <-ctx.Done():
 		return 0, fmt.Errorf("publish: %w", ctx.Err())
 	}
-	p.mu.Lock()
-	top, err := wv.top, wv.err
-	p.mu.Unlock()
-	if err != nil {
-		return 0, fmt.Errorf("publish: %w", err)
+	if err := p.waveErr(wv); err != nil {
+		return 0, err
 	}
-	return top, nil
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return wv.top, nil
+}
+
+func (p *publisher) waveErr(wv *wave) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if wv.err != nil {
+		return fmt.Errorf("publish: %w", wv.err)
+	}
+	return nil
 }
 
 // reserve takes room for one more publish awaiting its acknowledgement. Waiting
@@ -212,12 +281,13 @@ func (p *publisher) reserve(ctx context.Context) error {
 var (
 	pubAckStream = []byte(`{"stream":"`)
 	pubAckSeqKey = []byte(`,"seq":`)
+	pubAckDomain = []byte(`,"domain":"`)
 	pubAckError  = []byte(`"error"`)
 )
 
 // pubAckSeq reads the stream sequence from a publish acknowledgement, which the
-// server writes as {"stream":"<name>","seq":<n>, and optional fields after. That
-// form is read by hand; an error, an empty reply or any other shape is decoded
+// server writes as {"stream":"<name>",["domain":"<domain>",]"seq":<n>, with
+// optional fields after. That form is read by hand; an error, an empty reply or any other shape is decoded
 // in full.
 func pubAckSeq(m *nats.Msg) (uint64, error) {
 	d := m.Data
@@ -230,7 +300,14 @@ func pubAckSeq(m *nats.Msg) (uint64, error) {
 	if rest, ok := bytes.CutPrefix(d, pubAckStream); ok {
 		// A stream name holds no quote or backslash, so its end is the next quote.
 		if end := bytes.IndexByte(rest, '"'); end > 0 && bytes.IndexByte(rest[:end], '\\') < 0 {
-			if num, ok := bytes.CutPrefix(rest[end+1:], pubAckSeqKey); ok {
+			after := rest[end+1:]
+			// A server in a JetStream domain names it between the two.
+			if d, ok := bytes.CutPrefix(after, pubAckDomain); ok {
+				if dend := bytes.IndexByte(d, '"'); dend >= 0 && bytes.IndexByte(d[:dend], '\\') < 0 {
+					after = d[dend+1:]
+				}
+			}
+			if num, ok := bytes.CutPrefix(after, pubAckSeqKey); ok {
 				var seq uint64
 				n := 0
 				for n < len(num) && n < 19 && num[n] >= '0' && num[n] <= '9' {

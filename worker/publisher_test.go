@@ -33,6 +33,8 @@ func TestPubAckSeq(t *testing.T) {
 		{name: "duplicate", data: `{"stream":"S","seq":7,"duplicate":true}`, seq: 7},
 		{name: "domain after", data: `{"stream":"S","seq":9,"domain":"hub"}`, seq: 9},
 		{name: "domain before", data: `{"stream":"S","domain":"hub","seq":9}`, seq: 9},
+		{name: "domain escaped", data: `{"stream":"S","domain":"h\"b","seq":9}`, seq: 9},
+		{name: "domain then error", data: `{"stream":"S","domain":"hub","seq":9,"error":{"code":500,"err_code":10000,"description":"x"}}`, code: 10000},
 		{name: "spaces", data: `{ "stream": "S", "seq": 11 }`, seq: 11},
 		{name: "largest", data: `{"stream":"S","seq":9007199254740993}`, seq: 9007199254740993},
 		{name: "escaped name", data: `{"stream":"A\"B","seq":1}`, seq: 1},
@@ -148,6 +150,100 @@ func TestPublisherErrors(t *testing.T) {
 	}
 	if n := len(p.room); n != 0 {
 		t.Fatalf("%d publishes still hold room after the failed waves", n)
+	}
+}
+
+// TestPublisherRetriesNoResponders: a publish answered "no responders" (a
+// clustered stream electing its leader) is sent again, with the same reply
+// subject, and its wave succeeds once a stream answers; after two such answers
+// more the wave fails with the reason. The answers are made by hand on a
+// subject no stream takes.
+func TestPublisherRetriesNoResponders(t *testing.T) {
+	t.Parallel()
+	_, nc, _, p := pubEnv(t, 10)
+	sub, err := nc.SubscribeSync("fake.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	noResponders := func(m *nats.Msg) {
+		t.Helper()
+		r := nats.NewMsg(m.Reply)
+		r.Header.Set("Status", "503")
+		if err := nc.PublishMsg(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func(reply string) *nats.Msg {
+		t.Helper()
+		m, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reply != "" && m.Reply != reply {
+			t.Fatalf("sent again with reply %q, want %q", m.Reply, reply)
+		}
+		return m
+	}
+	type result struct {
+		top uint64
+		err error
+	}
+	run := func() chan result {
+		c := make(chan result, 1)
+		go func() {
+			top, err := p.publishAll(t.Context(), pubMsgs("fake", 1))
+			c <- result{top, err}
+		}()
+		return c
+	}
+
+	got := run()
+	m := next("")
+	noResponders(m)
+	m = next(m.Reply)
+	if err := nc.Publish(m.Reply, []byte(`{"stream":"FAKE","seq":42}`)); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r.err != nil || r.top != 42 {
+		t.Fatalf("wave after one retry: %d, %v; want 42", r.top, r.err)
+	}
+
+	got = run()
+	m = next("")
+	for range pubMaxRetries {
+		noResponders(m)
+		m = next(m.Reply)
+	}
+	noResponders(m)
+	if r := <-got; !errors.Is(r.err, jetstream.ErrNoStreamResponse) {
+		t.Fatalf("wave after %d retries: %v, want %v", pubMaxRetries, r.err, jetstream.ErrNoStreamResponse)
+	}
+	if n := len(p.room); n != 0 {
+		t.Fatalf("%d publishes hold room after the waves returned", n)
+	}
+}
+
+// TestPublisherStops: nothing goes out for a caller that gave up, and nothing
+// once the publisher is closed (a checkpoint still writing as its worker stops
+// must not subscribe again behind its back).
+func TestPublisherStops(t *testing.T) {
+	t.Parallel()
+	_, _, _, p := pubEnv(t, 10)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := p.publishAll(ctx, pubMsgs("pub.gone", 5)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("publish for a caller that gave up: %v, want %v", err, context.Canceled)
+	}
+	p.close()
+	if _, err := p.publishAll(t.Context(), pubMsgs("pub.closed", 1)); !errors.Is(err, errPublisherClosed) {
+		t.Fatalf("publish after close: %v, want %v", err, errPublisherClosed)
+	}
+	// Sequence 1 for the next message stored proves none came before it.
+	p2 := newPublisher(p.nc, 10, time.Second)
+	defer p2.close()
+	if top, err := p2.publishAll(t.Context(), pubMsgs("pub.after", 1)); err != nil || top != 1 {
+		t.Fatalf("first message stored got %d (%v), want sequence 1", top, err)
 	}
 }
 
