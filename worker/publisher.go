@@ -38,20 +38,15 @@ type publisher struct {
 	waiting map[uint64]pending
 }
 
-// pending is a publish awaiting its acknowledgement.
+// pending is a publish awaiting its acknowledgement. Where no stream answers
+// it (a clustered stream electing its leader) it is sent again with the
+// client's default wait and attempts before its wave fails, as the client's
+// PublishMsgAsync would.
 type pending struct {
 	wv      *wave
-	m       *nats.Msg // sent again when no stream answered it
+	m       *nats.Msg
 	retries int
 }
-
-// Where no stream answers (a clustered stream electing its leader), a publish
-// is sent again after retryWait, at most maxRetries times, as the client does
-// by default, before its wave fails.
-const (
-	pubRetryWait  = 250 * time.Millisecond
-	pubMaxRetries = 2
-)
 
 var errPublisherClosed = errors.New("publisher closed: the worker stopped")
 
@@ -162,10 +157,10 @@ func (p *publisher) route(m *nats.Msg) {
 	if !ok {
 		return
 	}
-	if errors.Is(ackErr, jetstream.ErrNoStreamResponse) && pd.retries < pubMaxRetries {
+	if errors.Is(ackErr, jetstream.ErrNoStreamResponse) && pd.retries < jetstream.DefaultPubRetryAttempts {
 		pd.retries++
 		p.waiting[id] = pd
-		time.AfterFunc(pubRetryWait, func() { p.resend(id) })
+		time.AfterFunc(jetstream.DefaultPubRetryWait, func() { p.resend(id) })
 		return
 	}
 	p.forgetLocked(id)
@@ -218,7 +213,7 @@ func (p *publisher) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, e
 		}
 		select {
 		case <-wv.done:
-			return 0, p.waveErr(wv)
+			return p.result(wv)
 		default:
 		}
 		if err := p.reserve(ctx); err != nil {
@@ -237,24 +232,20 @@ func (p *publisher) publishAll(ctx context.Context, msgs []*nats.Msg) (uint64, e
 	}
 	select {
 	case <-wv.done:
+		return p.result(wv)
 	case <-ctx.Done():
 		return 0, fmt.Errorf("publish: %w", ctx.Err())
 	}
-	if err := p.waveErr(wv); err != nil {
-		return 0, err
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return wv.top, nil
 }
 
-func (p *publisher) waveErr(wv *wave) error {
+// result is how a settled wave ended.
+func (p *publisher) result(wv *wave) (uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if wv.err != nil {
-		return fmt.Errorf("publish: %w", wv.err)
+		return 0, fmt.Errorf("publish: %w", wv.err)
 	}
-	return nil
+	return wv.top, nil
 }
 
 // reserve takes room for one more publish awaiting its acknowledgement. Waiting
@@ -287,8 +278,8 @@ var (
 
 // pubAckSeq reads the stream sequence from a publish acknowledgement, which the
 // server writes as {"stream":"<name>",["domain":"<domain>",]"seq":<n>, with
-// optional fields after. That form is read by hand; an error, an empty reply or any other shape is decoded
-// in full.
+// optional fields after. That form is read by hand; an error, an empty reply or
+// any other shape is decoded in full, into the client's own types.
 func pubAckSeq(m *nats.Msg) (uint64, error) {
 	d := m.Data
 	if len(d) == 0 {
@@ -321,19 +312,21 @@ func pubAckSeq(m *nats.Msg) (uint64, error) {
 			}
 		}
 	}
-	var ack struct {
-		Error    *jetstream.APIError `json:"error"`
-		Stream   string              `json:"stream"`
-		Sequence uint64              `json:"seq"`
-	}
+	var ack pubAckReply
 	if err := json.Unmarshal(d, &ack); err != nil {
 		return 0, fmt.Errorf("%w: %w", jetstream.ErrInvalidJSAck, err)
 	}
 	if ack.Error != nil {
 		return 0, ack.Error
 	}
-	if ack.Stream == "" {
+	if ack.PubAck == nil || ack.Stream == "" {
 		return 0, jetstream.ErrInvalidJSAck
 	}
 	return ack.Sequence, nil
+}
+
+// pubAckReply is an acknowledgement decoded in full, as the client decodes it.
+type pubAckReply struct {
+	Error *jetstream.APIError `json:"error"`
+	*jetstream.PubAck
 }

@@ -67,13 +67,12 @@ func TestPubAckSeq(t *testing.T) {
 	}
 }
 
-// pubEnv is a server with a stream on pub.>, a connection, and a publisher
-// with room for room outstanding publishes.
-func pubEnv(t *testing.T, room int) (*testenv.NATS, *nats.Conn, jetstream.Stream, *publisher) {
+// pubEnv is a server with a stream on pub.>, a JetStream client, and a
+// publisher with room for room outstanding publishes.
+func pubEnv(t *testing.T, room int) (*testenv.NATS, jetstream.JetStream, jetstream.Stream, *publisher) {
 	t.Helper()
 	srv := testenv.StartNATS(t)
-	nc := srv.Conn(t)
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(srv.Conn(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +80,21 @@ func pubEnv(t *testing.T, room int) (*testenv.NATS, *nats.Conn, jetstream.Stream
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPublisher(nc, room, 200*time.Millisecond)
+	p := newPublisher(js.Conn(), room, 200*time.Millisecond)
 	t.Cleanup(p.close)
-	return srv, nc, s, p
+	return srv, js, s, p
+}
+
+// silent takes the messages on subject (no stream does) and never answers
+// them, so a test can answer by hand or not at all.
+func silent(t *testing.T, nc *nats.Conn, subject string) *nats.Subscription {
+	t.Helper()
+	sub, err := nc.SubscribeSync(subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return sub
 }
 
 func pubMsgs(subject string, n int) []*nats.Msg {
@@ -129,21 +140,17 @@ func TestPublisherWaves(t *testing.T) {
 // the message, fail the wave with the server's reason.
 func TestPublisherErrors(t *testing.T) {
 	t.Parallel()
-	_, _, s, p := pubEnv(t, 100)
+	_, js, s, p := pubEnv(t, 100)
 	ctx := t.Context()
 	if _, err := p.publishAll(ctx, pubMsgs("nostream", 3)); !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Fatalf("publish where no stream listens: %v, want %v", err, jetstream.ErrNoStreamResponse)
 	}
 	cfg := s.CachedInfo().Config
 	cfg.MaxMsgs, cfg.Discard = 1, jetstream.DiscardNew
-	js, err := jetstream.New(p.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	_, err = p.publishAll(ctx, pubMsgs("pub.full", 2))
+	_, err := p.publishAll(ctx, pubMsgs("pub.full", 2))
 	var api *jetstream.APIError
 	if !errors.As(err, &api) {
 		t.Fatalf("publish past a full stream: %v, want the server's error", err)
@@ -160,12 +167,9 @@ func TestPublisherErrors(t *testing.T) {
 // subject no stream takes.
 func TestPublisherRetriesNoResponders(t *testing.T) {
 	t.Parallel()
-	_, nc, _, p := pubEnv(t, 10)
-	sub, err := nc.SubscribeSync("fake.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	_, js, _, p := pubEnv(t, 10)
+	nc := js.Conn()
+	sub := silent(t, nc, "fake.>")
 	noResponders := func(m *nats.Msg) {
 		t.Helper()
 		r := nats.NewMsg(m.Reply)
@@ -211,13 +215,13 @@ func TestPublisherRetriesNoResponders(t *testing.T) {
 
 	got = run()
 	m = next("")
-	for range pubMaxRetries {
+	for range jetstream.DefaultPubRetryAttempts {
 		noResponders(m)
 		m = next(m.Reply)
 	}
 	noResponders(m)
 	if r := <-got; !errors.Is(r.err, jetstream.ErrNoStreamResponse) {
-		t.Fatalf("wave after %d retries: %v, want %v", pubMaxRetries, r.err, jetstream.ErrNoStreamResponse)
+		t.Fatalf("wave after %d retries: %v, want %v", jetstream.DefaultPubRetryAttempts, r.err, jetstream.ErrNoStreamResponse)
 	}
 	if n := len(p.room); n != 0 {
 		t.Fatalf("%d publishes hold room after the waves returned", n)
@@ -252,13 +256,8 @@ func TestPublisherStops(t *testing.T) {
 // publish gives up after the stall wait instead of hanging.
 func TestPublisherNoAcknowledgement(t *testing.T) {
 	t.Parallel()
-	_, nc, _, p := pubEnv(t, 1)
-	// A plain subscriber takes the message and never answers.
-	sub, err := nc.SubscribeSync("silent.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	_, js, _, p := pubEnv(t, 1)
+	silent(t, js.Conn(), "silent.>")
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	if _, err := p.publishAll(ctx, pubMsgs("silent", 1)); !errors.Is(err, context.DeadlineExceeded) {
@@ -280,12 +279,8 @@ func TestPublisherNoAcknowledgement(t *testing.T) {
 // than waiting out its context; after the reconnect publishing works again.
 func TestPublisherReconnect(t *testing.T) {
 	t.Parallel()
-	srv, nc, _, p := pubEnv(t, 10)
-	sub, err := nc.SubscribeSync("silent.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	srv, js, _, p := pubEnv(t, 10)
+	sub := silent(t, js.Conn(), "silent.>")
 	errc := make(chan error, 1)
 	go func() {
 		_, err := p.publishAll(t.Context(), pubMsgs("silent", 1))
@@ -324,10 +319,7 @@ func BenchmarkPubAck(b *testing.B) {
 	b.Run("json", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			var ack struct {
-				Error *jetstream.APIError `json:"error"`
-				*jetstream.PubAck
-			}
+			var ack pubAckReply
 			if err := json.Unmarshal(m.Data, &ack); err != nil {
 				b.Fatal(err)
 			}
