@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 )
@@ -125,6 +126,89 @@ func TestBucketAt(t *testing.T) {
 	}}
 	if got := bucketAt(empty, 0.99); got != "–" {
 		t.Errorf("bucketAt(empty) = %q, want –", got)
+	}
+}
+
+// TestBenchLive runs the live mode briefly, two rounds: every output is matched
+// to the input that caused it (each row's events are all that were published,
+// each second has latencies), and the ratio line compares p99s.
+func TestBenchLive(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "presence-bench")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--modes", "lua,presenced", "--rate", "400", "--duration", "2s", "--agents", "100", "--partitions", "4", "--rounds", "2")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	cmd.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("presence-bench: %v\n%s", err, out)
+	}
+	s := string(out)
+	for _, side := range []string{modeTitles["lua"], modeTitles["presenced"]} {
+		for _, round := range []string{"1", "2"} {
+			// events, events/s, four CPU columns, then p50 and p99 above zero.
+			row := regexp.QuoteMeta(side) + `\s+` + round + `\s+800\s+400(\s+[\d.]+){4}\s+[\d.]*[1-9][\d.]*\s+[\d.]*[1-9][\d.]*\s*\n`
+			if !regexp.MustCompile(row).MatchString(s) {
+				t.Errorf("no row with latencies for %s round %s:\n%s", side, round, s)
+			}
+			// Two seconds published (and the last tick on the dot of the end), each
+			// with outputs matched to its inputs.
+			if !regexp.MustCompile(regexp.QuoteMeta(side) + `\s+` + round + `:( [1-9]\d*/[1-9]\d*){2,}\n`).MatchString(s) {
+				t.Errorf("no latencies by second for %s round %s:\n%s", side, round, s)
+			}
+		}
+	}
+	if !regexp.MustCompile(`\(c\) presenced / \(b\) pipe \+ Lua CAS: [\d.]+× throughput, p99 [\d.]+ ms vs [\d.]+ ms \(p99 ms by round `).MatchString(s) {
+		t.Errorf("no live ratio line:\n%s", s)
+	}
+}
+
+func TestCauseIndex(t *testing.T) {
+	withHeader := func(id string) *nats.Msg {
+		m := nats.NewMsg("presence.status.ag-1")
+		m.Header.Set("Bench-Cause", id)
+		return m
+	}
+	withData := func(data string) *nats.Msg { return &nats.Msg{Subject: "presence.status.ag-1", Data: []byte(data)} }
+	for _, c := range []struct {
+		name string
+		m    *nats.Msg
+		want int
+		ok   bool
+	}{
+		{"header", withHeader("lua-17-42"), 42, true},
+		{"data", withData(`{"agentId":"ag-1","previous":{"presenceId":"away"},"cause":{"id":"lua-17-7","source":"bench","type":"agent.login"},"version":3}`), 7, true},
+		{"first input", withData(`{"cause":{"id":"lua-17-0"}}`), 0, true},
+		{"another run's input", withHeader("lua-16-42"), 0, false},
+		{"no cause", withData(`{"agentId":"ag-1","cause":null}`), 0, false},
+		{"not a number", withHeader("lua-17-x"), 0, false},
+		{"negative", withHeader("lua-17--1"), 0, false},
+		{"cut short", withData(`{"cause":{"id":"lua-17-3`), 0, false},
+		{"nothing", withData(``), 0, false},
+	} {
+		got, ok := causeIndex(c.m, "lua-17")
+		if ok != c.ok || got != c.want {
+			t.Errorf("%s: causeIndex = %d, %v; want %d, %v", c.name, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestBetter(t *testing.T) {
+	r := func(events int, elapsed, p99 time.Duration) result {
+		return result{events: events, elapsed: elapsed, p99: p99}
+	}
+	fast, slow := r(200, time.Second, 90*time.Millisecond), r(100, time.Second, 20*time.Millisecond)
+	if !better(options{}, fast, slow) || better(options{}, slow, fast) {
+		t.Error("preloaded: the round with the higher throughput is not the better one")
+	}
+	live := options{rate: 100}
+	if better(live, fast, slow) || !better(live, slow, fast) {
+		t.Error("live: the round with the lower p99 is not the better one")
 	}
 }
 
