@@ -106,6 +106,7 @@ type options struct {
 	noExpiry                                                bool
 	redisStats                                              bool
 	checkpoint                                              time.Duration
+	natsGOGC                                                int
 }
 
 var modeTitles = map[string]string{
@@ -127,6 +128,7 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 	replicas := f.Int("replicas", 1, 1, "presenced worker processes sharing the partitions")
 	noExpiry := f.Bool("no-expiry", false, "configure sessions that never expire first (sessionTtlSeconds 0): a load that runs longer than the 90s default TTL without heartbeats would otherwise have presenced expire sessions mid-run")
 	checkpoint := f.Duration("checkpoint-interval", 0, 0, "presenced's checkpoint interval (0: its default)")
+	natsGOGC := f.Int("nats-gogc", 0, 0, "run the nats-server with this GOGC (0: Go's default, 100); its garbage collection makes most of the live tail")
 	redisStats := f.Bool("redis-stats", false, "print Redis's command statistics for each side (where the Redis time goes)")
 	window := f.Duration("dedupe-window", 2*time.Minute, time.Second,
 		"presenced's dedupe window; at 30s or less the idle memory is measured once it has passed")
@@ -135,7 +137,8 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 	}
 	o := options{events: *nEvents, agents: *agents, partitions: *partitions, batch: *batch, singleEvents: *single,
 		rounds: *rounds, modes: strings.Split(*modes, ","), load: *load, rate: *rate, duration: *duration,
-		replicas: *replicas, dedupeWindow: *window, noExpiry: *noExpiry, redisStats: *redisStats, checkpoint: *checkpoint}
+		replicas: *replicas, dedupeWindow: *window, noExpiry: *noExpiry, redisStats: *redisStats, checkpoint: *checkpoint,
+		natsGOGC: *natsGOGC}
 	for _, m := range o.modes {
 		if modeTitles[m] == "" {
 			return fmt.Errorf("--modes: %q is not one of bare, lua, presenced, single", m)
@@ -152,8 +155,12 @@ func run(ctx context.Context, args []string, env cli.Env, out io.Writer) error {
 		return err
 	}
 	defer b.close()
-	fmt.Fprintf(out, "presence-bench: %s load, %s, %d agents, %d partitions, batch %d, %d presenced replica(s), %d cores\n",
-		o.load, b.loadDesc(), o.agents, o.partitions, o.batch, o.replicas, numCPU())
+	gogc := ""
+	if o.natsGOGC > 0 {
+		gogc = fmt.Sprintf(", nats-server GOGC=%d", o.natsGOGC)
+	}
+	fmt.Fprintf(out, "presence-bench: %s load, %s, %d agents, %d partitions, batch %d, %d presenced replica(s), %d cores%s\n",
+		o.load, b.loadDesc(), o.agents, o.partitions, o.batch, o.replicas, numCPU(), gogc)
 	var results []result
 	for round := range o.rounds {
 		for _, m := range o.modes {
@@ -357,12 +364,15 @@ type bench struct {
 	dir      string
 	self     string
 	natsProc *exec.Cmd
-	natsURL  string
-	redis    *exec.Cmd
-	redisURL string
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	rc       *redis.Client
+	// natsStart is when the server process was started: its GC trace
+	// (PRESENCE_BENCH_NATS_GODEBUG=gctrace=1) counts from there.
+	natsStart time.Time
+	natsURL   string
+	redis     *exec.Cmd
+	redisURL  string
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	rc        *redis.Client
 }
 
 func newBench(ctx context.Context, o options) (*bench, error) {
@@ -377,6 +387,16 @@ func newBench(ctx context.Context, o options) (*bench, error) {
 	b := &bench{o: o, dir: dir, self: self}
 	cmd := exec.Command(self, "_nats", "-dir", filepath.Join(dir, "nats"))
 	cmd.Stderr = os.Stderr
+	cmd.Env = os.Environ()
+	if o.natsGOGC > 0 {
+		cmd.Env = append(cmd.Env, "GOGC="+strconv.Itoa(o.natsGOGC))
+	}
+	// PRESENCE_BENCH_NATS_GODEBUG=<value> is GODEBUG for the server alone
+	// (gctrace=1: its collections, to set against the latency by second).
+	if v := os.Getenv("PRESENCE_BENCH_NATS_GODEBUG"); v != "" {
+		cmd.Env = append(cmd.Env, "GODEBUG="+v)
+	}
+	b.natsStart = time.Now()
 	line, err := startChild(cmd)
 	if err != nil {
 		b.close()
@@ -675,6 +695,9 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 	mu.Lock()                                      // the callback reads start
 	start = time.Now()
 	mu.Unlock()
+	if os.Getenv("PRESENCE_BENCH_NATS_GODEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "%s starts at nats-server time %.3fs\n", modeTitles[mode], start.Sub(b.natsStart).Seconds())
+	}
 	for _, stdin := range stdins {
 		if _, err := io.WriteString(stdin, "go\n"); err != nil {
 			return r, err

@@ -129,9 +129,10 @@ func TestBucketAt(t *testing.T) {
 	}
 }
 
-// TestBenchLive runs the live mode briefly, two rounds: every output is matched
-// to the input that caused it (each row's events are all that were published,
-// each second has latencies), and the ratio line compares p99s.
+// TestBenchLive runs the live mode briefly, two rounds, with the server's
+// GOGC set and its GC traced: every output is matched to the input that caused
+// it (each row's events are all that were published, each second has
+// latencies), and the ratio line compares p99s.
 func TestBenchLive(t *testing.T) {
 	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "presence-bench")
@@ -140,15 +141,24 @@ func TestBenchLive(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--modes", "lua,presenced", "--rate", "400", "--duration", "2s", "--agents", "100", "--partitions", "4", "--rounds", "2")
+	cmd := exec.CommandContext(ctx, bin, "--modes", "lua,presenced", "--rate", "400", "--duration", "2s", "--agents", "100", "--partitions", "4", "--rounds", "2", "--nats-gogc", "400")
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
-	cmd.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=1")
+	cmd.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=1", "PRESENCE_BENCH_NATS_GODEBUG=gctrace=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("presence-bench: %v\n%s", err, out)
 	}
 	s := string(out)
+	if !strings.Contains(s, ", nats-server GOGC=400\n") {
+		t.Errorf("the header does not name the server's GOGC:\n%s", s)
+	}
+	// The server's collections are traced, and each side says where it
+	// starts on the server's clock.
+	if !regexp.MustCompile(`(?m)^gc \d+ @[\d.]+s `).MatchString(s) ||
+		!regexp.MustCompile(`\(c\) presenced starts at nats-server time [\d.]+s\n`).MatchString(s) {
+		t.Errorf("no server GC trace or side start on the server's clock:\n%s", s)
+	}
 	for _, side := range []string{modeTitles["lua"], modeTitles["presenced"]} {
 		for _, round := range []string{"1", "2"} {
 			// events, events/s, four CPU columns, then p50 and p99 above zero.
