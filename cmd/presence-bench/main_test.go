@@ -18,29 +18,36 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// runBench builds the command and runs it with args, the worker on one P and
+// env added, and returns the binary and what it printed.
+func runBench(t *testing.T, env []string, args ...string) (string, string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "presence-bench")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	// A run takes 5-15 s; bounded, so a side that stops making progress fails
+	// the test with the output so far instead of holding the suite up.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	// Stopped as a user would stop it, so it stops the servers and sides it started.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	cmd.Env = append(append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=1"), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("presence-bench: %v\n%s", err, out)
+	}
+	return bin, string(out)
+}
+
 // TestBenchRuns runs the command on a tiny load, two rounds: every side
 // finishes, the table and the ratios (best against best, and by round) are
 // printed.
 func TestBenchRuns(t *testing.T) {
 	t.Parallel()
-	bin := filepath.Join(t.TempDir(), "presence-bench")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	// It takes 5-10 s; bounded, so a side that stops making progress fails the
-	// test with the output so far instead of holding the suite up.
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--events", "2100", "--agents", "300", "--single-events", "210", "--partitions", "4", "--rounds", "2")
-	// Stopped as a user would stop it, so it stops the servers and sides it started.
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 30 * time.Second
-	cmd.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("presence-bench: %v\n%s", err, out)
-	}
-	s := string(out)
+	bin, s := runBench(t, nil, "--events", "2100", "--agents", "300", "--single-events", "210", "--partitions", "4", "--rounds", "2")
 	for _, side := range []string{modeTitles["bare"], modeTitles["lua"], modeTitles["presenced"], modeTitles["single"]} {
 		if !regexp.MustCompile(regexp.QuoteMeta(side) + `\s+2\s+\d+\s+\d+`).MatchString(s) {
 			t.Errorf("no row for %s:\n%s", side, s)
@@ -135,21 +142,8 @@ func TestBucketAt(t *testing.T) {
 // latencies), and the ratio line compares p99s.
 func TestBenchLive(t *testing.T) {
 	t.Parallel()
-	bin := filepath.Join(t.TempDir(), "presence-bench")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "--modes", "lua,presenced", "--rate", "400", "--duration", "2s", "--agents", "100", "--partitions", "4", "--rounds", "2", "--nats-gogc", "400")
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 30 * time.Second
-	cmd.Env = append(os.Environ(), "PRESENCE_BENCH_WORKER_GOMAXPROCS=1", "PRESENCE_BENCH_NATS_GODEBUG=gctrace=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("presence-bench: %v\n%s", err, out)
-	}
-	s := string(out)
+	_, s := runBench(t, []string{"PRESENCE_BENCH_NATS_GODEBUG=gctrace=1"},
+		"--modes", "lua,presenced", "--rate", "400", "--duration", "2s", "--agents", "100", "--partitions", "4", "--rounds", "2", "--nats-gogc", "400")
 	if !strings.Contains(s, ", nats-server GOGC=400\n") {
 		t.Errorf("the header does not name the server's GOGC:\n%s", s)
 	}
