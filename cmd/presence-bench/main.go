@@ -666,7 +666,8 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 	}
 	var start time.Time
 	sub, err := b.nc.Subscribe("presence.status.>", func(m *nats.Msg) {
-		a := arrival{at: time.Since(start), input: -1}
+		now := time.Now()
+		a := arrival{input: -1}
 		if live {
 			i, ok := causeIndex(m, prefix)
 			if !ok || i >= len(sentAt) {
@@ -675,8 +676,14 @@ func (b *bench) measure(ctx context.Context, mode string) (result, error) {
 			a.input = i
 		}
 		mu.Lock()
+		defer mu.Unlock()
+		// Nothing the side causes comes before its start; an output that
+		// does is not one of the run's.
+		if start.IsZero() {
+			return
+		}
+		a.at = now.Sub(start)
 		outs = append(outs, a)
-		mu.Unlock()
 	})
 	if err != nil {
 		return r, err
