@@ -97,6 +97,15 @@ func silent(t *testing.T, nc *nats.Conn, subject string) *nats.Subscription {
 	return sub
 }
 
+// roomFree fails the test unless every publish has given its room back, once
+// the waves it names returned.
+func roomFree(t *testing.T, p *publisher, after string) {
+	t.Helper()
+	if n := len(p.room); n != 0 {
+		t.Fatalf("%d publishes still hold room after %s", n, after)
+	}
+}
+
 func pubMsgs(subject string, n int) []*nats.Msg {
 	msgs := make([]*nats.Msg, n)
 	for i := range msgs {
@@ -131,9 +140,7 @@ func TestPublisherWaves(t *testing.T) {
 	if info.State.Msgs != 300 || top != 300 {
 		t.Fatalf("stream holds %d messages, last wave's top %d; want 300 and 300", info.State.Msgs, top)
 	}
-	if n := len(p.room); n != 0 {
-		t.Fatalf("%d publishes still hold room after every wave returned", n)
-	}
+	roomFree(t, p, "every wave returned")
 }
 
 // TestPublisherErrors: a subject no stream takes, and a stream that refuses
@@ -155,9 +162,7 @@ func TestPublisherErrors(t *testing.T) {
 	if !errors.As(err, &api) {
 		t.Fatalf("publish past a full stream: %v, want the server's error", err)
 	}
-	if n := len(p.room); n != 0 {
-		t.Fatalf("%d publishes still hold room after the failed waves", n)
-	}
+	roomFree(t, p, "the failed waves")
 }
 
 // TestPublisherRetriesNoResponders: a publish answered "no responders" (a
@@ -223,9 +228,7 @@ func TestPublisherRetriesNoResponders(t *testing.T) {
 	if r := <-got; !errors.Is(r.err, jetstream.ErrNoStreamResponse) {
 		t.Fatalf("wave after %d retries: %v, want %v", jetstream.DefaultPubRetryAttempts, r.err, jetstream.ErrNoStreamResponse)
 	}
-	if n := len(p.room); n != 0 {
-		t.Fatalf("%d publishes hold room after the waves returned", n)
-	}
+	roomFree(t, p, "the waves returned")
 }
 
 // TestPublisherStops: nothing goes out for a caller that gave up, and nothing
@@ -263,9 +266,7 @@ func TestPublisherNoAcknowledgement(t *testing.T) {
 	if _, err := p.publishAll(ctx, pubMsgs("silent", 1)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("unanswered publish: %v, want its context's end", err)
 	}
-	if n := len(p.room); n != 0 {
-		t.Fatalf("%d publishes hold room after their wave gave up", n)
-	}
+	roomFree(t, p, "their wave gave up")
 	if _, err := p.publishAll(t.Context(), pubMsgs("silent", 2)); !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 		t.Fatalf("publish past the room: %v, want %v", err, jetstream.ErrTooManyStalledMsgs)
 	}
@@ -295,9 +296,7 @@ func TestPublisherReconnect(t *testing.T) {
 	if err := <-errc; !errors.Is(err, nats.ErrDisconnected) {
 		t.Fatalf("wave caught in a reconnect: %v, want %v", err, nats.ErrDisconnected)
 	}
-	if n := len(p.room); n != 0 {
-		t.Fatalf("%d publishes hold room after the reconnect failed them", n)
-	}
+	roomFree(t, p, "the reconnect failed them")
 	top, err := p.publishAll(t.Context(), pubMsgs("pub.after", 1))
 	if err != nil || top == 0 {
 		t.Fatalf("publish after the reconnect: %d, %v", top, err)

@@ -911,7 +911,9 @@ type arrival struct {
 
 // causeIndex returns the index of the input (<prefix>-<index>) that caused the
 // status message m: the pipes name it in a header, presenced in its data's
-// cause, which is read without decoding the whole event.
+// cause, which is found by a byte search: it runs for every output during the
+// run, where events.DecodeStatus would decode each whole event in the same
+// process on the cores the measured sides share.
 func causeIndex(m *nats.Msg, prefix string) (int, bool) {
 	id := m.Header.Get("Bench-Cause")
 	if id == "" {
