@@ -33,10 +33,16 @@ func redisCPU(b *testing.B, c *redis.Client) time.Duration {
 
 // BenchmarkRedisCommit commits one status change for each of 500 agents per
 // call, as a partition does with a batch, and reports the server's CPU per
-// agent next to the client's.
+// agent next to the client's. With an outbox, each agent's is what a commit
+// between checkpoints carries: the change with its cause and previous status,
+// and ten dedupe entries not yet saved.
 func BenchmarkRedisCommit(b *testing.B) {
 	srv := testenv.StartRedis(b)
-	for _, chunk := range []int{1, 20, 100, 500} {
+	seen := make([]state.Seen, 10)
+	for k := range seen {
+		seen[k] = state.Seen{Key: state.DedupeKey("/agents/desktop", strconv.Itoa(k)), At: time.Date(2026, 11, 24, 9, 0, k, 0, time.UTC)}
+	}
+	for _, chunk := range []int{1, 20, 100, 250, 500} {
 		for _, outbox := range []bool{false, true} {
 			b.Run(fmt.Sprintf("chunk=%d/outbox=%v", chunk, outbox), func(b *testing.B) {
 				c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
@@ -64,7 +70,12 @@ func BenchmarkRedisCommit(b *testing.B) {
 						next.Since, next.Version, next.AppliedSeq = since.Add(time.Duration(seq)), prev.Version+1, seq
 						commits[i] = state.Commit{Agent: next, Expect: prev.AppliedSeq, Before: &prev}
 						if outbox {
-							commits[i].Outbox = []state.Outgoing{{ID: "x", Status: next.Status()}}
+							st := next.Status()
+							st.Reason, st.Actor = events.ReasonManual, "agent"
+							st.Previous = &events.Previous{PresenceID: prev.PresenceID, BaseStatus: prev.BaseStatus, Since: prev.Since}
+							st.Cause = events.Cause{ID: fmt.Sprintf("0193a5c2-7d1e-7c3b-9f6e-%012d", seq), Source: "/agents/desktop", Type: events.AgentPresenceSet}
+							commits[i].Outbox = []state.Outgoing{{ID: events.StatusID(st.Cause, st.AgentID, st.Version), Status: st}}
+							commits[i].Seen = seen
 						}
 						cur[i] = next
 					}
