@@ -357,35 +357,63 @@ func (r *Redis) Verify(ctx context.Context, seqs map[string]uint64) ([]string, e
 	if len(ids) == 0 {
 		return nil, nil
 	}
+	// The hash's seq first, for all: only an agent without a status (no hash)
+	// needs its state key read as well, and that takes a second round trip only
+	// when there is one, instead of a second command for every agent.
 	seqCmds := make([]*redis.StringCmd, len(ids))
-	stateCmds := make([]*redis.StringCmd, len(ids))
 	_, err = r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for i, id := range ids {
 			seqCmds[i] = pl.HGet(ctx, r.keys.Agent(id), fieldSeq)
-			stateCmds[i] = pl.Get(ctx, r.keys.State(id))
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("verify %d agents: %w", len(ids), err)
 	}
-	var bad []string
+	have := make([]uint64, len(ids))
+	var noHash []int
 	for i, id := range ids {
-		var have uint64
-		if s, err := seqCmds[i].Result(); err == nil {
-			if have, err = strconv.ParseUint(s, 10, 64); err != nil {
-				return nil, fmt.Errorf("verify %s: field %s: %w", id, fieldSeq, err)
-			}
-		} else if b, err := optional(stateCmds[i]); err != nil {
+		s, err := seqCmds[i].Result()
+		if errors.Is(err, redis.Nil) {
+			noHash = append(noHash, i)
+			continue
+		}
+		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", id, err)
-		} else if b != nil {
+		}
+		if have[i], err = strconv.ParseUint(s, 10, 64); err != nil {
+			return nil, fmt.Errorf("verify %s: field %s: %w", id, fieldSeq, err)
+		}
+	}
+	if len(noHash) > 0 {
+		stateCmds := make([]*redis.StringCmd, len(noHash))
+		_, err = r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for j, i := range noHash {
+				stateCmds[j] = pl.Get(ctx, r.keys.State(ids[i]))
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("verify %d agents without a status: %w", len(noHash), err)
+		}
+		for j, i := range noHash {
+			b, err := optional(stateCmds[j])
+			if err != nil {
+				return nil, fmt.Errorf("verify %s: %w", ids[i], err)
+			}
+			if b == nil {
+				continue
+			}
 			a, err := decodeAgent(b)
 			if err != nil {
-				return nil, fmt.Errorf("verify %s: %w", id, err)
+				return nil, fmt.Errorf("verify %s: %w", ids[i], err)
 			}
-			have = a.AppliedSeq
+			have[i] = a.AppliedSeq
 		}
-		if have < seqs[id] {
+	}
+	var bad []string
+	for i, id := range ids {
+		if have[i] < seqs[id] {
 			bad = append(bad, id)
 		}
 	}

@@ -255,7 +255,8 @@ func TestRedisKeysShareSlot(t *testing.T) {
 }
 
 // countingHook counts commands and pipelines sent to Redis.
-type countingHook struct{ cmds, pipelines atomic.Int64 }
+// countingHook counts single commands, pipelines and the commands queued in them.
+type countingHook struct{ cmds, pipelines, queued atomic.Int64 }
 
 func (h *countingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
@@ -267,6 +268,7 @@ func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		h.pipelines.Add(1)
+		h.queued.Add(int64(len(cmds)))
 		return next(ctx, cmds)
 	}
 }
@@ -330,17 +332,36 @@ func TestRedisOneRoundTripPerCall(t *testing.T) {
 		}
 		return s.SaveSeen(ctx, m, exp)
 	})
+	seqs := map[string]uint64{}
+	for _, id := range ids {
+		seqs[id] = 1
+	}
 	check("Verify", func() error {
-		seqs := map[string]uint64{}
-		for _, id := range ids {
-			seqs[id] = 1
-		}
+		h.queued.Store(0)
 		bad, err := s.Verify(ctx, seqs)
 		if len(bad) != 0 {
 			t.Fatalf("mismatches %v", bad)
 		}
+		if q := h.queued.Load(); q != int64(len(ids)) {
+			t.Fatalf("Verify queued %d commands for %d agents with a status, want one each", q, len(ids))
+		}
 		return err
 	})
+
+	// An agent without a status is read from its state key, in a second round
+	// trip for it alone.
+	mustApply(t, s, state.Commit{Agent: handlers.Agent{ID: "nostatus", AppliedSeq: 3, Version: 1}})
+	seqs["nostatus"] = 4
+	h.pipelines.Store(0)
+	h.queued.Store(0)
+	bad, err := s.Verify(ctx, seqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "agents stored behind, the one without a status among them", bad, []string{"nostatus"})
+	if p, q := h.pipelines.Load(), h.queued.Load(); p != 2 || q != int64(len(ids))+2 {
+		t.Fatalf("Verify with an agent without a status: %d pipelines, %d commands; want 2 and %d", p, q, len(ids)+2)
+	}
 }
 
 func TestRedisScriptCacheFlushed(t *testing.T) {
