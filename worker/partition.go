@@ -96,6 +96,10 @@ type agentEntry struct {
 	uncertain bool
 	// indexed: this owner wrote the agent's index entries.
 	indexed bool
+	// leaseIndexed is the deadline the lease index holds for the agent, as this
+	// owner last wrote it (when indexed): it may lag the agent's own (see
+	// leaseIndexMoves).
+	leaseIndexed time.Time
 }
 
 // clone returns a copy to work on, which replaces e once its step is committed

@@ -317,7 +317,7 @@ func (pt *partition) plan(s *step, cfg handlers.Config, before, e *agentEntry, a
 		}
 		pt.dirty[e.agent.ID] = true
 	}
-	s.index = append(s.index, indexMoves(cfg, before, e)...)
+	s.index = append(s.index, indexMoves(cfg, before, e, time.Now())...)
 	e.indexed = true
 	s.after[e.agent.ID] = e
 	if len(e.outbox) > 0 && !pt.replaying {
@@ -370,12 +370,13 @@ func defaultsIndex(id string) string {
 // indexMoves returns the index entries that move an agent from before to after:
 // only what changed, or all of them the first time an owner writes the agent
 // (what a previous owner wrote may be incomplete).
-func indexMoves(cfg handlers.Config, before, after *agentEntry) []state.IndexEntry {
+func indexMoves(cfg handlers.Config, before, after *agentEntry, now time.Time) []state.IndexEntry {
 	b, a := before.agent, after.agent
 	all := !before.indexed
 	var out []state.IndexEntry
-	if d := a.NextDeadline(); all || !d.Equal(b.NextDeadline()) {
+	if d := a.NextDeadline(); all || leaseIndexMoves(before.leaseIndexed, d, now) {
 		out = append(out, state.IndexEntry{AgentID: a.ID, Lease: true, Deadline: d})
+		after.leaseIndexed = d
 	}
 	from, to := b.PresenceID, customID(cfg, a.PresenceID)
 	if _, builtin := events.Builtin(from); builtin {
@@ -388,6 +389,25 @@ func indexMoves(cfg handlers.Config, before, after *agentEntry) []state.IndexEnt
 		out = append(out, state.IndexEntry{AgentID: a.ID, From: df, To: dt})
 	}
 	return out
+}
+
+// leaseIndexMoves reports whether the lease index must move from the deadline
+// it holds for an agent (indexed) to the agent's next one. An entry earlier than
+// the deadline only has the sweep look at the agent early and put the entry
+// right (the agent's own deadline decides an expiry); a later one would end a
+// session late. So the entry moves at once when the deadline comes earlier or
+// appears or goes, and when it comes later only once the entry has fallen
+// behind the halfway point from now to it. Every heartbeat moves the deadline
+// later: an agent that heartbeats more often than every half lease is never
+// looked at early, and most of its heartbeats leave the index alone.
+func leaseIndexMoves(indexed, next, now time.Time) bool {
+	switch {
+	case indexed.IsZero() || next.IsZero():
+		return !indexed.Equal(next)
+	case next.Before(indexed):
+		return true
+	}
+	return indexed.Before(now.Add(next.Sub(now) / 2))
 }
 
 func (pt *partition) handleConfig(ctx context.Context, it item) error {

@@ -33,9 +33,10 @@ func (pt *partition) sweep(ctx context.Context) error {
 	for _, agentID := range ids {
 		a := pt.agents[agentID].agent
 		if d := a.NextDeadline(); d.IsZero() || d.After(now) {
-			// The index says due, the agent does not: an entry left by a write
-			// that did not finish or by an older layout. Left alone, it would be
-			// read again every sweep and take a place among the limit's 500.
+			// The index says due, the agent does not: an entry a heartbeat left
+			// behind on purpose (leaseIndexMoves), or one left by a write that
+			// did not finish or by an older layout. Left alone, it would be read
+			// again every sweep and take a place among the limit's 500.
 			repair = append(repair, state.IndexEntry{AgentID: agentID, Lease: true, Deadline: d})
 			continue
 		}
@@ -61,6 +62,13 @@ func (pt *partition) sweep(ctx context.Context) error {
 	if len(repair) > 0 {
 		if _, err := w.store.Commit(ctx, pt.p, nil, repair); err != nil {
 			return fmt.Errorf("repair lease index: %w", err)
+		}
+		// Bookkeeping only, which no checkpoint copy reads: the entries
+		// themselves stay as they are.
+		for _, r := range repair {
+			if e := pt.agents[r.AgentID]; e != nil && e.indexed {
+				e.leaseIndexed = r.Deadline
+			}
 		}
 	}
 	return nil

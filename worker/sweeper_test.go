@@ -45,3 +45,48 @@ func TestSweepRepairsLeaseIndex(t *testing.T) {
 		t.Fatalf("version 3 caused by %s, want the login", st.Cause.Type)
 	}
 }
+
+// TestHeartbeatLeavesLeaseIndexBehind: a heartbeat that moves the lease by less
+// than half of it leaves the agent's lease entry where it was, and the session
+// still ends at the heartbeat's deadline: the sweep that meets the early entry
+// puts it right instead of ending the session.
+func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startWorker()
+	e.publish(events.SettingsConfigured, "", map[string]any{"sessionTtlSeconds": 2, "reconnectGraceSeconds": 60})
+	const a = "lag-1"
+	e.publish(events.AgentLogin, a, sess{SessionID: "s"})
+	e.waitVersion(a, 1)
+
+	c := e.redis.Client(t)
+	ctx := context.Background()
+	keys := state.Keys{Prefix: state.DefaultPrefix}
+	lease := keys.LeaseShard(worker.PartitionOf(a, testConfig(t).Partitions), state.LeaseShardOf(a))
+	login, err := c.ZScore(ctx, lease, a).Result()
+	if err != nil {
+		t.Fatalf("lease entry after the login: %v", err)
+	}
+	hb := e.publishMsg(e.input(events.AgentHeartbeat, a, sess{SessionID: "s"}))
+	// A heartbeat publishes nothing: it is applied once the hash holds its sequence.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		seq, err := c.HGet(ctx, keys.Agent(a), "seq").Uint64()
+		if err == nil && seq >= hb {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("heartbeat at %d not applied after 10 s (hash at %d, %v)", hb, seq, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the hash the worker writes
+	}
+	if got, err := c.ZScore(ctx, lease, a).Result(); err != nil || got != login {
+		t.Fatalf("lease entry %v (%v) after the heartbeat, want it left at the login's %v", got, err, login)
+	}
+
+	st := e.waitVersion(a, 2)
+	expectStatus(t, st, "offline", events.ReasonSessionExpired, false)
+	if !st.Since.After(time.UnixMilli(int64(login))) {
+		t.Fatalf("the session ended at %v, the login's deadline (%v), not the heartbeat's", st.Since, time.UnixMilli(int64(login)))
+	}
+}
