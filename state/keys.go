@@ -51,7 +51,8 @@ func (k Keys) Config() string { return k.Prefix + ":config" }
 const LeaseShards = 64
 
 // LeaseShard is shard s of partition p's lease index: a ZSET of agents scored by
-// earliest lease deadline (unix ms). An agent's shard is LeaseShardOf its id.
+// their earliest lease deadline (unix ms), or by an earlier one the worker has
+// not moved yet. An agent's shard is LeaseShardOf its id.
 func (k Keys) LeaseShard(p, s int) string {
 	return k.Prefix + ":leases:{p" + strconv.Itoa(p) + "}:" + strconv.Itoa(s)
 }

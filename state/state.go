@@ -85,8 +85,9 @@ type Commit struct {
 }
 
 // IndexEntry moves an agent in its partition's indexes. Index updates are not
-// atomic with the commit: they are written with it, repeated whenever the agent
-// is committed again, and readers check them against the agent's state.
+// atomic with the commit: they are written with it, repeated when the agent is
+// committed again (a lease entry only when it must move: the worker lets it lag
+// behind a later deadline), and readers check them against the agent's state.
 type IndexEntry struct {
 	AgentID string
 	// Lease is true when the entry moves the agent in the lease index: Deadline
@@ -156,8 +157,9 @@ type Store interface {
 
 	// DueAgents returns up to limit agents of partition p whose indexed lease
 	// deadline is at or before now, earliest first (ties by id); limit <= 0 means
-	// no limit. Deadlines count in whole milliseconds rounded up, so an agent is
-	// never due early (but up to 1ms late).
+	// no limit. Deadlines count in whole milliseconds rounded up, so an indexed
+	// deadline never comes due early (but up to 1ms late); the index itself may
+	// hold a deadline earlier than the agent's, which the caller checks.
 	DueAgents(ctx context.Context, p int, now time.Time, limit int) ([]string, error)
 	// AgentsIn returns the agents of partition p in index name, sorted.
 	AgentsIn(ctx context.Context, p int, name string) ([]string, error)

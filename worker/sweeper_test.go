@@ -47,14 +47,14 @@ func TestSweepRepairsLeaseIndex(t *testing.T) {
 }
 
 // TestHeartbeatLeavesLeaseIndexBehind: a heartbeat that moves the lease by less
-// than half of it leaves the agent's lease entry where it was, and the session
-// still ends at the heartbeat's deadline: the sweep that meets the early entry
-// puts it right instead of ending the session.
+// than half of it leaves the agent's lease entry where it was; the sweep that
+// meets the early entry puts it right instead of ending the session, and the
+// session ends at the heartbeat's deadline.
 func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.startWorker()
-	e.publish(events.SettingsConfigured, "", map[string]any{"sessionTtlSeconds": 2, "reconnectGraceSeconds": 60})
+	e.publish(events.SettingsConfigured, "", map[string]any{"sessionTtlSeconds": 4, "reconnectGraceSeconds": 60})
 	const a = "lag-1"
 	e.publish(events.AgentLogin, a, sess{SessionID: "s"})
 	e.waitVersion(a, 1)
@@ -67,26 +67,47 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 	if err != nil {
 		t.Fatalf("lease entry after the login: %v", err)
 	}
+	// The clock has to move for the deadline to: a second on, the heartbeat's
+	// deadline is a second past the login's, which the sweep (every 200 ms)
+	// meets in between, and still less than half the 4 s lease.
+	time.Sleep(time.Second)
 	hb := e.publishMsg(e.input(events.AgentHeartbeat, a, sess{SessionID: "s"}))
 	// A heartbeat publishes nothing: it is applied once the hash holds its sequence.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		seq, err := c.HGet(ctx, keys.Agent(a), "seq").Uint64()
-		if err == nil && seq >= hb {
-			break
+	poll := func(what string, done func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !done() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not after 10 s", what)
+			}
+			time.Sleep(20 * time.Millisecond) // polling what the worker writes to Redis
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("heartbeat at %d not applied after 10 s (hash at %d, %v)", hb, seq, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling the hash the worker writes
 	}
+	poll("the heartbeat applied", func() bool {
+		seq, err := c.HGet(ctx, keys.Agent(a), "seq").Uint64()
+		return err == nil && seq >= hb
+	})
 	if got, err := c.ZScore(ctx, lease, a).Result(); err != nil || got != login {
 		t.Fatalf("lease entry %v (%v) after the heartbeat, want it left at the login's %v", got, err, login)
 	}
 
+	// The login's deadline passes: the sweep finds the agent's own deadline
+	// ahead and moves the entry there, and the session goes on.
+	var repaired float64
+	poll("the early entry put right", func() bool {
+		repaired, err = c.ZScore(ctx, lease, a).Result()
+		return err == nil && repaired != login
+	})
+	if repaired < login+500 {
+		t.Fatalf("lease entry moved from %v to %v, want the heartbeat's deadline, about a second later", login, repaired)
+	}
+	if l := e.status.get(a); len(l) != 1 {
+		t.Fatalf("status changes when the early entry was put right: %s; want the session still on", describe(l))
+	}
+
 	st := e.waitVersion(a, 2)
 	expectStatus(t, st, "offline", events.ReasonSessionExpired, false)
-	if !st.Since.After(time.UnixMilli(int64(login))) {
-		t.Fatalf("the session ended at %v, the login's deadline (%v), not the heartbeat's", st.Since, time.UnixMilli(int64(login)))
+	if got := float64(st.Since.UnixMilli()); got < repaired-1 || got > repaired {
+		t.Fatalf("the session ended at %v, want at the heartbeat's deadline %v", st.Since, time.UnixMilli(int64(repaired)))
 	}
 }
