@@ -254,7 +254,6 @@ func TestRedisKeysShareSlot(t *testing.T) {
 	}
 }
 
-// countingHook counts commands and pipelines sent to Redis.
 // countingHook counts single commands, pipelines and the commands queued in them.
 type countingHook struct{ cmds, pipelines, queued atomic.Int64 }
 

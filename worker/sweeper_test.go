@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -27,17 +28,11 @@ func TestSweepRepairsLeaseIndex(t *testing.T) {
 
 	c := e.redis.Client(t)
 	ctx := context.Background()
-	key := state.Keys{Prefix: state.DefaultPrefix}.LeaseShard(worker.PartitionOf(a, testConfig(t).Partitions), state.LeaseShardOf(a))
+	key := leaseKey(t, a)
 	if err := c.ZAdd(ctx, key, redis.Z{Score: float64(time.Now().Add(-time.Minute).UnixMilli()), Member: a}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for c.ZScore(ctx, key, a).Err() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the stale lease entry is still there after 10 s of sweeps")
-		}
-		time.Sleep(50 * time.Millisecond) // polling the index the sweep repairs
-	}
+	until(t, "the stale lease entry gone", func() bool { return c.ZScore(ctx, key, a).Err() != nil })
 	// The repair expired nothing: a session.expired for a signed-out agent would
 	// change nothing anyway, so check none was published.
 	e.publish(events.AgentLogin, a, sess{SessionID: "desk"})
@@ -61,8 +56,7 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 
 	c := e.redis.Client(t)
 	ctx := context.Background()
-	keys := state.Keys{Prefix: state.DefaultPrefix}
-	lease := keys.LeaseShard(worker.PartitionOf(a, testConfig(t).Partitions), state.LeaseShardOf(a))
+	lease := leaseKey(t, a)
 	login, err := c.ZScore(ctx, lease, a).Result()
 	if err != nil {
 		t.Fatalf("lease entry after the login: %v", err)
@@ -73,18 +67,8 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 	time.Sleep(time.Second)
 	hb := e.publishMsg(e.input(events.AgentHeartbeat, a, sess{SessionID: "s"}))
 	// A heartbeat publishes nothing: it is applied once the hash holds its sequence.
-	poll := func(what string, done func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !done() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not after 10 s", what)
-			}
-			time.Sleep(20 * time.Millisecond) // polling what the worker writes to Redis
-		}
-	}
-	poll("the heartbeat applied", func() bool {
-		seq, err := c.HGet(ctx, keys.Agent(a), "seq").Uint64()
+	until(t, "the heartbeat applied", func() bool {
+		seq, err := strconv.ParseUint(e.readModel(a)["seq"], 10, 64)
 		return err == nil && seq >= hb
 	})
 	if got, err := c.ZScore(ctx, lease, a).Result(); err != nil || got != login {
@@ -94,7 +78,7 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 	// The login's deadline passes: the sweep finds the agent's own deadline
 	// ahead and moves the entry there, and the session goes on.
 	var repaired float64
-	poll("the early entry put right", func() bool {
+	until(t, "the early entry put right", func() bool {
 		repaired, err = c.ZScore(ctx, lease, a).Result()
 		return err == nil && repaired != login
 	})
@@ -109,5 +93,23 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 	expectStatus(t, st, "offline", events.ReasonSessionExpired, false)
 	if got := float64(st.Since.UnixMilli()); got < repaired-1 || got > repaired {
 		t.Fatalf("the session ended at %v, want at the heartbeat's deadline %v", st.Since, time.UnixMilli(int64(repaired)))
+	}
+}
+
+// leaseKey is the lease index shard that holds agent a.
+func leaseKey(t *testing.T, a string) string {
+	return state.Keys{Prefix: state.DefaultPrefix}.LeaseShard(worker.PartitionOf(a, testConfig(t).Partitions), state.LeaseShardOf(a))
+}
+
+// until polls what the sweep writes to Redis, which no event announces, until
+// done says so, for at most 10 s.
+func until(t *testing.T, what string, done func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !done() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after 10 s", what)
+		}
+		time.Sleep(20 * time.Millisecond) // polling Redis: no event announces the sweep's writes
 	}
 }
