@@ -31,6 +31,9 @@ type setup struct {
 	n     int
 }
 
+// routerWait bounds a wait for the router to catch up with what the test did.
+const routerWait = 20 * time.Second
+
 func newSetup(t *testing.T) *setup {
 	n := testenv.StartNATS(t)
 	s := &setup{t: t, nc: n.Conn(t), redis: testenv.StartRedis(t)}
@@ -39,18 +42,6 @@ func newSetup(t *testing.T) *setup {
 	t.Cleanup(func() { _ = store.Close() })
 	workertest.Start(t, n.Conn(t), store, worker.Config{Partitions: 4})
 	return s
-}
-
-// waitFor polls cond: the router offers no event for "caught up with X".
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func (s *setup) publish(typ events.Type, agent string, data any) {
@@ -112,9 +103,9 @@ func TestEligibleFollowsStatusAndWorkstreams(t *testing.T) {
 
 	// A router that starts late rebuilds the picture from the streams.
 	r := startRouter(t, s.nc)
-	waitFor(t, "router ready", r.Ready)
+	workertest.Until(t, routerWait, "router ready", r.Ready)
 	for id, p := range map[string]string{"a-1": "available", "a-2": "available", "a-3": "away", "a-4": "inactive"} {
-		waitFor(t, id+" "+p, func() bool { a, _ := r.Agent(id); return a.PresenceID == p })
+		workertest.Until(t, routerWait, id+" "+p, func() bool { a, _ := r.Agent(id); return a.PresenceID == p })
 	}
 	got, err := r.Eligible("chat")
 	if err != nil || fmt.Sprint(ids(got)) != "[a-1 a-2]" {
@@ -128,8 +119,8 @@ func TestEligibleFollowsStatusAndWorkstreams(t *testing.T) {
 	s.publish(events.AgentPresenceSet, "a-1", events.PresenceSetData{PresenceID: "busy"})
 	s.publish(events.AgentLogout, "a-2", events.SessionData{})
 	s.publish(events.AgentPresenceSet, "a-3", events.PresenceSetData{PresenceID: "available"})
-	waitFor(t, "a-2 offline", func() bool { a, _ := r.Agent("a-2"); return !a.SignedIn && a.Version == 2 })
-	waitFor(t, "a-3 available", func() bool { a, _ := r.Agent("a-3"); return a.PresenceID == "available" })
+	workertest.Until(t, routerWait, "a-2 offline", func() bool { a, _ := r.Agent("a-2"); return !a.SignedIn && a.Version == 2 })
+	workertest.Until(t, routerWait, "a-3 available", func() bool { a, _ := r.Agent("a-3"); return a.PresenceID == "available" })
 	got, _ = r.Eligible("chat")
 	if fmt.Sprint(ids(got)) != "[a-1 a-3]" && fmt.Sprint(ids(got)) != "[a-3 a-1]" {
 		t.Fatalf("eligible = %v", ids(got))
@@ -153,7 +144,7 @@ func TestEligibleFollowsStatusAndWorkstreams(t *testing.T) {
 		t.Fatalf("reply %s: %v", m.Data, err)
 	}
 	s.workstream(events.WorkstreamRemoved, events.Workstream{ID: "chat"})
-	waitFor(t, "chat removed", func() bool { _, ok := r.Workstream("chat"); return !ok })
+	workertest.Until(t, routerWait, "chat removed", func() bool { _, ok := r.Workstream("chat"); return !ok })
 	m, err = s.nc.Request(events.Subjects{}.Eligible("chat"), nil, 5*time.Second)
 	if err != nil || m.Header.Get("Nats-Service-Error-Code") != "404" {
 		t.Fatalf("removed workstream: %v %v", m, err)
@@ -164,10 +155,10 @@ func TestOlderVersionNeverOverwrites(t *testing.T) {
 	t.Parallel()
 	s := newSetup(t)
 	r := startRouter(t, s.nc)
-	waitFor(t, "router ready", r.Ready)
+	workertest.Until(t, routerWait, "router ready", r.Ready)
 	s.publish(events.AgentLogin, "o-1", events.SessionData{})
 	s.publish(events.AgentPresenceSet, "o-1", events.PresenceSetData{PresenceID: "busy"})
-	waitFor(t, "o-1 busy", func() bool { a, _ := r.Agent("o-1"); return a.Version == 2 })
+	workertest.Until(t, routerWait, "o-1 busy", func() bool { a, _ := r.Agent("o-1"); return a.Version == 2 })
 	if r.Apply(events.StatusChanged{AgentID: "o-1", PresenceID: "available", BaseStatus: events.Available, SignedIn: true, Version: 1}) {
 		t.Fatal("an older version was applied")
 	}
@@ -285,7 +276,7 @@ func TestAgreesWithReadModel(t *testing.T) {
 		}
 		return n == 4
 	}
-	waitFor(t, "the worker to drain the input", drained)
+	workertest.Until(t, routerWait, "the worker to drain the input", drained)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err := check()
@@ -311,7 +302,7 @@ func TestCountsByBaseStatus(t *testing.T) {
 	t.Parallel()
 	s := newSetup(t)
 	r := startRouter(t, s.nc)
-	waitFor(t, "router ready", r.Ready)
+	workertest.Until(t, routerWait, "router ready", r.Ready)
 	apply := func(id string, b events.BaseStatus, signedIn bool, v uint64) {
 		r.Apply(events.StatusChanged{AgentID: id, PresenceID: string(b), BaseStatus: b, SignedIn: signedIn, Version: v})
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/events"
+	"github.com/presenced/presenced/internal/workertest"
 	"github.com/presenced/presenced/state"
 	"github.com/presenced/presenced/worker"
 )
@@ -32,7 +33,7 @@ func TestSweepRepairsLeaseIndex(t *testing.T) {
 	if err := c.ZAdd(ctx, key, redis.Z{Score: float64(time.Now().Add(-time.Minute).UnixMilli()), Member: a}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	until(t, "the stale lease entry gone", func() bool { return c.ZScore(ctx, key, a).Err() != nil })
+	workertest.Until(t, 10*time.Second, "the stale lease entry gone", func() bool { return c.ZScore(ctx, key, a).Err() != nil })
 	// The repair expired nothing: a session.expired for a signed-out agent would
 	// change nothing anyway, so check none was published.
 	e.publish(events.AgentLogin, a, sess{SessionID: "desk"})
@@ -67,7 +68,7 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 	time.Sleep(time.Second)
 	hb := e.publishMsg(e.input(events.AgentHeartbeat, a, sess{SessionID: "s"}))
 	// A heartbeat publishes nothing: it is applied once the hash holds its sequence.
-	until(t, "the heartbeat applied", func() bool {
+	workertest.Until(t, 10*time.Second, "the heartbeat applied", func() bool {
 		seq, err := strconv.ParseUint(e.readModel(a)["seq"], 10, 64)
 		return err == nil && seq >= hb
 	})
@@ -78,7 +79,7 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 	// The login's deadline passes: the sweep finds the agent's own deadline
 	// ahead and moves the entry there, and the session goes on.
 	var repaired float64
-	until(t, "the early entry put right", func() bool {
+	workertest.Until(t, 10*time.Second, "the early entry put right", func() bool {
 		repaired, err = c.ZScore(ctx, lease, a).Result()
 		return err == nil && repaired != login
 	})
@@ -99,17 +100,4 @@ func TestHeartbeatLeavesLeaseIndexBehind(t *testing.T) {
 // leaseKey is the lease index shard that holds agent a.
 func leaseKey(t *testing.T, a string) string {
 	return state.Keys{Prefix: state.DefaultPrefix}.LeaseShard(worker.PartitionOf(a, testConfig(t).Partitions), state.LeaseShardOf(a))
-}
-
-// until polls what the sweep writes to Redis, which no event announces, until
-// done says so, for at most 10 s.
-func until(t *testing.T, what string, done func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !done() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 10 s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling Redis: no event announces the sweep's writes
-	}
 }

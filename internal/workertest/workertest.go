@@ -65,3 +65,16 @@ func StartWithHooks(t testing.TB, nc *nats.Conn, store state.Store, cfg worker.C
 		time.Sleep(10 * time.Millisecond) // polling the readiness probe
 	}
 }
+
+// Until polls cond every 20 ms until it holds, and fails the test after within:
+// for what no event announces (a write to Redis, a router catching up).
+func Until(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s", what, within)
+		}
+		time.Sleep(20 * time.Millisecond) // polling: nothing announces what cond reads
+	}
+}
